@@ -1,0 +1,207 @@
+"""The `jax` backend: every endpoint by a JAX transform, jit-compiled per static signature.
+
+Importing this module turns on `jax_enable_x64`: components declare float64 fields, and JAX's
+default (float32 everywhere) would silently change their precision.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._residuals import Residual
+from .._schema import Schema, ShapeDtype, passthrough
+from .._tree import leaves, replace_leaves, signature
+from . import Backend, as_outputs
+
+if TYPE_CHECKING:
+    from .._component import Point
+
+jax.config.update("jax_enable_x64", True)
+
+Tree = dict[str, Any]
+_MAX_ENTRIES = 64
+
+
+def _pick(tree: Tree, keys: tuple[str, ...]) -> Tree:
+    return {k: tree[k] for k in keys}
+
+
+def _fill(given: Tree, avals: Tree) -> Tree:
+    """`given` completed with zeros for the leaves of `avals` it lacks, cast to their dtype."""
+    return {k: jnp.asarray(given[k], a.dtype) if k in given else jnp.zeros(a.shape, a.dtype)
+            for k, a in avals.items()}
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(tree))
+
+
+class _Programs:
+    """The jitted programs of one static signature (static values, shapes, dtypes)."""
+
+    def __init__(self, fn: Callable[[Any], Any], outputs: type[Schema], p: Point) -> None:
+        self.template: Schema | None = None
+        self.out_avals: Tree = {}
+        self.in_avals = {k: jax.ShapeDtypeStruct(p.values[k].shape, p.values[k].dtype)
+                         for k in p.diff}
+        inputs, name = p.inputs, p.component.name
+
+        def f(d: Tree, c: Tree) -> tuple[Tree, Tree]:
+            with passthrough():
+                out = as_outputs(fn(replace_leaves(inputs, {**d, **c})), outputs, name)
+            dout, nd = {}, {}
+            for leaf in leaves(out):
+                value = jnp.asarray(leaf.value)
+                if leaf.spec.differentiable:
+                    dout[leaf.path] = value.astype(leaf.spec.dtype) if (
+                        value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc") else value
+                else:
+                    nd[leaf.path] = value
+            self.template = out  # static output values, captured while tracing
+            self.out_avals = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in dout.items()}
+            return dout, nd
+
+        self.f = f
+        self.apply = jax.jit(f)
+        self.forward = jax.jit(lambda d, c: jax.vjp(lambda s: f(s, c), d, has_aux=True))
+        self.backward = jax.jit(lambda pull, ct: pull(_fill(ct, self.out_avals))[0])
+        self.jvp_kept = jax.jit(self._jvp_kept)
+        self.jvp = jax.jit(self._jvp, static_argnames="of")
+        self.vjp = jax.jit(self._vjp, static_argnames="wrt")
+        self.jacobian = jax.jit(self._jacobian, static_argnames=("wrt", "of", "forward"))
+        self.batched_jvp = jax.jit(
+            lambda d, c, t, of: jax.vmap(lambda u: self._jvp(d, c, u, of))(t),
+            static_argnames="of",
+        )
+        self.batched_vjp = jax.jit(
+            lambda d, c, ct, wrt: jax.vmap(lambda u: self._vjp(d, c, u, wrt))(ct),
+            static_argnames="wrt",
+        )
+        self.batched_backward = jax.jit(jax.vmap(self.backward, in_axes=(None, 0)))
+        self.batched_jvp_kept = jax.jit(jax.vmap(self._jvp_kept, in_axes=(None, 0)))
+        self.hvp = jax.jit(self._hvp, static_argnames=("of", "wrt"))
+
+    def _restricted(self, d: Tree, c: Tree, keys: tuple[str, ...]) -> Callable[[Tree], Tree]:
+        return lambda s: self.f({**d, **s}, c)[0]
+
+    def _jvp(self, d: Tree, c: Tree, t: Tree, of: tuple[str, ...]) -> Tree:
+        g = self._restricted(d, c, tuple(t))
+        return _pick(jax.jvp(g, (_pick(d, tuple(t)),), (t,))[1], of)
+
+    def _vjp(self, d: Tree, c: Tree, ct: Tree, wrt: tuple[str, ...]) -> Tree:
+        out, pull = jax.vjp(self._restricted(d, c, wrt), _pick(d, wrt))
+        return pull(_fill(ct, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out.items()}))[0]
+
+    def _jvp_kept(self, pull: Any, t: Tree) -> Tree:
+        # The jvp is the transpose of the kept (linear) pullback: no forward pass needed.
+        transpose = jax.linear_transpose(pull, self.out_avals)
+        return transpose((_fill(t, self.in_avals),))[0]
+
+    def _jacobian(self, d: Tree, c: Tree, wrt: tuple[str, ...], of: tuple[str, ...],
+                  forward: bool) -> Tree:
+        g = lambda s: _pick(self.f({**d, **s}, c)[0], of)  # noqa: E731
+        return (jax.jacfwd if forward else jax.jacrev)(g)(_pick(d, wrt))
+
+    def _hvp(self, d: Tree, c: Tree, t: Tree, of: str, wrt: tuple[str, ...]) -> Tree:
+        keys = tuple(self.in_avals)
+        grad = jax.grad(lambda s: self.f({**d, **s}, c)[0][of].reshape(()))
+        return _pick(jax.jvp(grad, (_pick(d, keys),), (_fill(t, self.in_avals),))[1], wrt)
+
+
+class JaxBackend(Backend):
+    """JAX transforms of the author's function (`jax.jvp`, `jax.vjp`, `jacrev`, `vmap`)."""
+
+    name = "jax"
+    provenance = "native (jax)"
+    cost = 1.0
+    native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
+    eval_shape_provenance = "native (jax.eval_shape)"
+
+    def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema],
+                 outputs: type[Schema]) -> None:
+        super().__init__(fn, inputs, outputs)
+        self._programs: OrderedDict[Any, _Programs] = OrderedDict()
+
+    def programs(self, p: Point) -> _Programs:
+        """The compiled programs for the static signature of `p` (LRU-cached)."""
+        key = signature(p.inputs)
+        progs = self._programs.get(key)
+        if progs is None:
+            progs = self._programs[key] = _Programs(self.fn, self.outputs, p)
+            while len(self._programs) > _MAX_ENTRIES:
+                self._programs.popitem(last=False)
+        self._programs.move_to_end(key)
+        return progs
+
+    @staticmethod
+    def _split(p: Point) -> tuple[Tree, Tree]:
+        d = {k: p.values[k] for k in p.diff}
+        return d, {k: v for k, v in p.values.items() if k not in d}
+
+    def _outputs(self, progs: _Programs, dout: Tree, nd: Tree) -> Any:
+        assert progs.template is not None  # set by tracing
+        return replace_leaves(progs.template, {**dout, **nd})
+
+    def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
+        progs, (d, c) = self.programs(p), self._split(p)
+        if not keep:
+            return self._outputs(progs, *progs.apply(d, c)), None
+        dout, pull, nd = progs.forward(d, c)
+        out = self._outputs(progs, dout, nd)
+        return out, Residual(pull, _nbytes(pull), out, p.values)
+
+    def eval_shape(self, p: Point) -> Any:
+        progs, (d, c) = self.programs(p), self._split(p)
+        dout, nd = jax.eval_shape(progs.f, d, c)
+        shapes = {k: ShapeDtype(tuple(v.shape), np.dtype(v.dtype)) for k, v in {**dout, **nd}.items()}
+        return self._outputs(progs, shapes, {})
+
+    def jvp(self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]) -> Tree:
+        progs = self.programs(p)
+        if res is not None:
+            return _pick(progs.jvp_kept(res.data, tangents), of)
+        return progs.jvp(*self._split(p), tangents, of=of)
+
+    def vjp(self, p: Point, res: Residual | None, cotangents: Tree,
+            wrt: tuple[str, ...]) -> Tree:
+        progs = self.programs(p)
+        if res is not None:
+            return _pick(progs.backward(res.data, cotangents), wrt)
+        return progs.vjp(*self._split(p), cotangents, wrt=wrt)
+
+    def batched_jvp(self, p: Point, res: Residual | None, tangents: Tree,
+                    of: tuple[str, ...]) -> Tree:
+        progs = self.programs(p)
+        if res is not None:
+            return _pick(progs.batched_jvp_kept(res.data, tangents), of)
+        return progs.batched_jvp(*self._split(p), tangents, of=of)
+
+    def batched_vjp(self, p: Point, res: Residual | None, cotangents: Tree,
+                    wrt: tuple[str, ...]) -> Tree:
+        progs = self.programs(p)
+        if res is not None:
+            return _pick(progs.batched_backward(res.data, cotangents), wrt)
+        return progs.batched_vjp(*self._split(p), cotangents, wrt=wrt)
+
+    def jacobian(self, p: Point, res: Residual | None, wrt: tuple[str, ...],
+                 of: tuple[str, ...]) -> Tree:
+        progs = self.programs(p)
+        d, c = self._split(p)
+        if not progs.out_avals:
+            jax.eval_shape(progs.f, d, c)
+        n_in = sum(int(np.prod(p.values[w].shape)) for w in wrt)
+        n_out = sum(int(np.prod(progs.out_avals[o].shape)) for o in of)
+        return progs.jacobian(d, c, wrt=wrt, of=of, forward=n_in < n_out)
+
+    def hvp(self, p: Point, res: Residual | None, tangents: Tree, of: str,
+            wrt: tuple[str, ...]) -> Tree:
+        return self.programs(p).hvp(*self._split(p), tangents, of=of, wrt=wrt)
+
+
+BACKEND = JaxBackend

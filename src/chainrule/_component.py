@@ -1,0 +1,534 @@
+"""Components: schemas + an `apply` function + a backend that derives the other endpoints.
+
+Public endpoint methods validate their arguments into a `Point` (validated inputs, leaves by
+path) and numpy tangents/cotangents, then dispatch to the implementation chosen by
+`_endpoints.resolve` among the author's functions, the backend's and derivations of both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+import pydantic
+from pydantic_core import PydanticCustomError
+
+from . import _tree
+from ._backends import Backend, FiniteDifferences, load_backend
+from ._endpoints import DERIVATIVES, Impl, resolve
+from ._errors import (
+    ChainruleError,
+    ComponentError,
+    EndpointUnavailableError,
+    NotDifferentiableError,
+    OutputValidationError,
+    SchemaDefinitionError,
+    UnknownPathError,
+    ValidationError,
+)
+from ._residuals import Handle, Residual, ResidualCache
+from ._schema import ArraySpec, Schema, ShapeDtype, describe_value
+
+__all__ = ["Component", "Point", "component"]
+
+Paths = str | Sequence[str] | None
+
+
+def format_pydantic(error: pydantic.ValidationError, what: str) -> tuple[str, list[dict[str, Any]]]:
+    """One readable line per problem, naming the path, expected and got, plus structured detail."""
+    lines, details = [], []
+    for err in error.errors():
+        path = ".".join(str(x) for x in err["loc"]) or "(root)"
+        kind, ctx = err["type"], err.get("ctx") or {}
+        if kind == "missing":
+            msg = f"'{path}' is required but missing; add it"
+        elif kind == "extra_forbidden":
+            msg = f"'{path}' is not a field of this schema; remove it or check its spelling"
+        else:
+            got = "" if "got" in ctx else f" (got {describe_value(err.get('input'))})"
+            msg = f"'{path}': {err['msg']}{got}"
+        lines.append(msg)
+        details.append({"path": path, "expected": ctx.get("expected"), "got": ctx.get("got"),
+                        "message": msg, "type": kind})
+    return f"{what}: " + "; ".join(lines), details
+
+
+def _as_paths(sel: Paths) -> tuple[str, ...] | None:
+    if sel is None:
+        return None
+    return (sel,) if isinstance(sel, str) else tuple(sel)
+
+
+class Point:
+    """A validated input point: the inputs instance and its array leaves by path."""
+
+    def __init__(self, component: Component, inputs: Schema) -> None:
+        self.component = component
+        self.inputs = inputs
+        self.leaves = {leaf.path: leaf for leaf in _tree.leaves(inputs)}
+        self.values: dict[str, Any] = {p: leaf.value for p, leaf in self.leaves.items()}
+        self.diff = tuple(p for p, leaf in self.leaves.items() if leaf.spec.differentiable)
+        self.dims = _tree.bind_dims([list(self.leaves.values())], _validation_error)
+        self.outputs: Schema | None = None  # filled when some endpoint had to run apply
+
+    def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
+        """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
+        outputs = residual.outputs if residual is not None else self.outputs
+        if outputs is None:
+            outputs = self.component._cheap_shapes(self)
+        if outputs is None and run:
+            outputs = self.outputs = self.component._apply_point(self, keep=False)[0]
+        return None if outputs is None else {x.path: x for x in _tree.leaves(outputs)}
+
+    def out_shapes(self, paths: tuple[str, ...], residual: Any) -> dict[str, tuple[int, ...]]:
+        leaves = self.out_leaves(residual, run=True) or {}
+        return {p: tuple(leaves[p].value.shape) for p in paths}
+
+
+def _validation_error(message: str, errors: list[dict[str, Any]]) -> ValidationError:
+    return ValidationError(message, errors=errors)
+
+
+def _output_error(message: str, errors: list[dict[str, Any]]) -> OutputValidationError:
+    return OutputValidationError(message, errors=errors)
+
+
+class Component:
+    """A typed, differentiable unit of computation (build it with `chainrule.component`).
+
+    Endpoints: `apply`, `eval_shape`, `jvp`, `vjp`, `jacobian`, `batched_jvp`, `batched_vjp`
+    and `hvp`; `endpoints` tells which exist and where each comes from.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        inputs: type[Schema],
+        outputs: type[Schema],
+        backend: str | FiniteDifferences = "jax",
+        name: str | None = None,
+        residual_bytes: int = 256 * 2**20,
+    ) -> None:
+        for role, cls in (("inputs", inputs), ("outputs", outputs)):
+            if not (isinstance(cls, type) and issubclass(cls, Schema)):
+                raise SchemaDefinitionError(
+                    f"{role}= must be a chainrule.Schema subclass, got {cls!r}"
+                )
+        self.fn = fn
+        self.inputs = inputs
+        self.outputs = outputs
+        self.name = name or getattr(fn, "__name__", "component")
+        self.backend: Backend = load_backend(backend, fn, inputs, outputs)
+        self.residuals = ResidualCache(max_bytes=residual_bytes)
+        self.calls: Counter[str] = Counter()
+        self._written: dict[str, Callable[..., Any]] = {}
+        self._impls: dict[str, Impl] | None = None
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Component {self.name!r} backend={self.backend.name}>"
+
+    # ---- which endpoints exist -------------------------------------------------------------
+
+    @property
+    def impls(self) -> dict[str, Impl]:
+        """Chosen implementation of each endpoint (recomputed when the author adds one)."""
+        if self._impls is None:
+            sources = {n: Impl(self.backend.endpoint(n), self.backend.provenance,
+                               self.backend.cost) for n in self.backend.native}
+            sources.update({n: Impl(_written_impl(f, n), "written", 0.0)
+                            for n, f in self._written.items()})
+            self._impls = resolve(sources)
+        return self._impls
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """`{endpoint: provenance}` for every endpoint this component offers."""
+        base = {"apply": "native", "eval_shape": self.backend.eval_shape_provenance}
+        return base | {n: self.impls[n].provenance for n in DERIVATIVES if n in self.impls}
+
+    def define(self, endpoint: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Use the author's `fn` for a derivative endpoint; missing ones are derived from it."""
+        if endpoint not in DERIVATIVES:
+            raise SchemaDefinitionError(
+                f"cannot define endpoint {endpoint!r}; derivative endpoints are {DERIVATIVES}"
+            )
+        self._written[endpoint] = fn
+        self._impls = None
+        return fn
+
+    def def_jvp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: `fn(inputs, tangents[, of]) -> {output path: array}`."""
+        return self.define("jvp", fn)
+
+    def def_vjp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: `fn(inputs, cotangents[, wrt]) -> {input path: array}`."""
+        return self.define("vjp", fn)
+
+    def def_jacobian(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: `fn(inputs[, wrt, of]) -> {output path: {input path: array}}`."""
+        return self.define("jacobian", fn)
+
+    def def_batched_jvp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: like `def_jvp` with a leading batch axis on tangents and results."""
+        return self.define("batched_jvp", fn)
+
+    def def_batched_vjp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: like `def_vjp` with a leading batch axis on cotangents and results."""
+        return self.define("batched_vjp", fn)
+
+    def def_hvp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: `fn(inputs, tangents[, of, wrt]) -> {input path: H·t}`."""
+        return self.define("hvp", fn)
+
+    # ---- validation ------------------------------------------------------------------------
+
+    def point(self, inputs: Any) -> Point:
+        """Validate `inputs` (a dict, or an instance of the input schema) into a `Point`."""
+        if isinstance(inputs, Point):
+            return inputs
+        if isinstance(inputs, pydantic.BaseModel) and not isinstance(inputs, self.inputs):
+            inputs = inputs.model_dump()
+        if not isinstance(inputs, self.inputs | Mapping):
+            raise ValidationError(
+                f"{self.name}: inputs must be a dict or {self.inputs.__name__}, "
+                f"got {type(inputs).__name__}"
+            )
+        try:
+            return Point(self, self.inputs.model_validate(inputs))
+        except pydantic.ValidationError as e:
+            message, errors = format_pydantic(e, f"invalid inputs to component '{self.name}'")
+            raise ValidationError(message, errors=errors) from None
+
+    def _input_leaf(self, p: Point, path: str, role: str) -> _tree.Leaf:
+        if path not in p.leaves:
+            raise UnknownPathError(
+                f"{role}: '{path}' is not an array input of component '{self.name}'; "
+                f"differentiable inputs are {list(p.diff)}",
+                errors=[{"path": path, "expected": list(p.diff), "got": path}],
+            )
+        if path not in p.diff:
+            raise NotDifferentiableError(
+                f"{role}: input '{path}' of component '{self.name}' is not differentiable "
+                f"({p.leaves[path].spec}); mark it Differentiable[...] in "
+                f"{self.inputs.__name__}, or leave it out. Differentiable inputs: {list(p.diff)}",
+                errors=[{"path": path, "expected": "a Differentiable input", "got": path}],
+            )
+        return p.leaves[path]
+
+    def _output_specs(self, p: Point, res: Residual | None) -> dict[str, tuple[ArraySpec, Any]]:
+        """{output path: (spec, shape or None)}: exact shapes when known cheaply."""
+        known = p.out_leaves(res, run=False)
+        if known is None and _tree.class_leaves(self.outputs) is None:
+            known = p.out_leaves(res, run=True)
+        if known is not None:
+            return {k: (x.spec, tuple(x.value.shape)) for k, x in known.items()}
+        return {k: (s, None) for k, s in (_tree.class_leaves(self.outputs) or {}).items()}
+
+    def _output_leaf(self, p: Point, path: str, role: str, specs: Mapping[str, Any]) -> Any:
+        diff = [k for k, (s, _) in specs.items() if s.differentiable]
+        if path not in specs:
+            raise UnknownPathError(
+                f"{role}: '{path}' is not an array output of component '{self.name}'; "
+                f"differentiable outputs are {diff}",
+                errors=[{"path": path, "expected": diff, "got": path}],
+            )
+        if path not in diff:
+            raise NotDifferentiableError(
+                f"{role}: output '{path}' of component '{self.name}' is not differentiable "
+                f"({specs[path][0]}); differentiable outputs are {diff}",
+                errors=[{"path": path, "expected": "a Differentiable output", "got": path}],
+            )
+        return specs[path]
+
+    def _tangent_array(self, value: Any, spec: ArraySpec, role: str, path: str) -> np.ndarray:
+        try:
+            return np.asarray(spec.validate(value))
+        except PydanticCustomError as e:
+            msg = f"{role} for '{path}' of component '{self.name}': {e}"
+            raise ValidationError(msg, errors=[{"path": f"{role}.{path}", **(e.context or {}),
+                                                "message": msg}]) from None
+
+    def _tangents(self, p: Point, tangents: Any, batched: bool) -> dict[str, np.ndarray]:
+        role = "batched tangents" if batched else "tangents"
+        _require_mapping(tangents, role, "input", p.diff)
+        out = {}
+        for path, t in tangents.items():
+            leaf = self._input_leaf(p, path, role)
+            shape = tuple(leaf.value.shape)
+            spec = ArraySpec(((None,) if batched else ()) + shape, leaf.value.dtype,
+                             casting="same_kind")
+            out[path] = self._tangent_array(t, spec, role, path)
+        _check_batch(out, role)
+        return out
+
+    def _cotangents(self, p: Point, cts: Any, batched: bool, res: Residual | None) -> dict:
+        role = "batched cotangents" if batched else "cotangents"
+        specs = self._output_specs(p, res)
+        _require_mapping(cts, role, "output", [k for k, (s, _) in specs.items() if s.differentiable])
+        out = {}
+        for path, c in cts.items():
+            spec, shape = self._output_leaf(p, path, role, specs)
+            pattern = shape if shape is not None else _bound(spec.shape, p.dims)
+            full = ArraySpec(((None,) if batched else ()) + tuple(pattern), spec.dtype,
+                             casting="same_kind")
+            out[path] = self._tangent_array(c, full, role, path)
+        _check_batch(out, role)
+        return out
+
+    def _wrt(self, p: Point, wrt: Paths, role: str = "wrt") -> tuple[str, ...]:
+        paths = _as_paths(wrt)
+        if paths is None:
+            return p.diff
+        for path in paths:
+            self._input_leaf(p, path, role)
+        return paths
+
+    def _of(self, p: Point, of: Paths, res: Residual | None, role: str = "of") -> tuple[str, ...]:
+        specs = self._output_specs(p, res)
+        paths = _as_paths(of)
+        if paths is None:
+            return tuple(k for k, (s, _) in specs.items() if s.differentiable)
+        for path in paths:
+            self._output_leaf(p, path, role, specs)
+        return paths
+
+    def _check_outputs(self, raw: Any, p: Point) -> Schema:
+        if isinstance(raw, pydantic.BaseModel):
+            raw = raw.model_dump()
+        if not isinstance(raw, Mapping):
+            raise OutputValidationError(
+                f"component '{self.name}' returned {type(raw).__name__}; return an "
+                f"{self.outputs.__name__} instance or a dict of its fields"
+            )
+        try:
+            out = self.outputs.model_validate(raw)
+        except pydantic.ValidationError as e:
+            message, errors = format_pydantic(e, f"component '{self.name}' returned bad outputs")
+            raise OutputValidationError(message, errors=errors) from None
+        groups = [list(p.leaves.values()), _tree.leaves(out)]
+        _tree.bind_dims(groups, _output_error)
+        return out
+
+    # ---- running ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, endpoint: str) -> Iterator[None]:
+        """Re-raise the author's exceptions as ComponentError, chained, with the endpoint."""
+        self.calls[endpoint] += 1
+        try:
+            yield
+        except ChainruleError:
+            raise
+        except pydantic.ValidationError as e:
+            message, errors = format_pydantic(e, f"component '{self.name}' built bad outputs")
+            raise OutputValidationError(message, errors=errors) from e
+        except Exception as e:
+            raise ComponentError(
+                f"component '{self.name}' raised in {endpoint}: {type(e).__name__}: {e}"
+            ) from e
+
+    def _apply_point(self, p: Point, keep: bool) -> tuple[Schema, Residual | None]:
+        with self._guard("apply"):
+            raw, residual = self.backend.apply(p, keep)
+        out = self._check_outputs(raw, p)
+        if residual is not None:
+            residual.outputs = out
+        return out, residual
+
+    def _cheap_shapes(self, p: Point) -> Schema | None:
+        """Output shapes without running apply, or None when that needs apply."""
+        if not self.backend.cheap_eval_shape:
+            return None
+        with contextlib.suppress(EndpointUnavailableError):
+            return self.eval_shape(p)
+        return None
+
+    def _run(self, endpoint: str, p: Point, res: Residual | None, **request: Any) -> Any:
+        impl = self.impls.get(endpoint)
+        if impl is None:
+            raise EndpointUnavailableError(
+                f"component '{self.name}' ({self.backend.name} backend) has no {endpoint} and "
+                f"none can be derived from what it has ({sorted(self.impls)}); define one "
+                f"with @{self.name}.def_{endpoint}"
+            )
+        with self._guard(endpoint):
+            result = impl.fn(p, res, **request)
+        return _numpy_tree(result)
+
+    @overload
+    def apply(self, inputs: Any, *, keep: Literal[False] = False) -> Any: ...
+    @overload
+    def apply(self, inputs: Any, *, keep: Literal[True]) -> tuple[Any, Handle]: ...
+
+    def apply(self, inputs: Any, *, keep: bool = False) -> Any:
+        """Run the component: validated outputs (an instance of the output schema).
+
+        Arguments:
+            inputs: a dict (or input schema instance); arrays may be numpy, jax, torch, lists.
+            keep: also keep the linearization and return `(outputs, handle)`; pass the handle to
+                `vjp`/`jvp` at the same inputs to skip their forward pass.
+        """
+        p = self.point(inputs)
+        out, residual = self._apply_point(p, keep)
+        if not keep:
+            return out
+        residual = residual or Residual(None, 0, out, p.values)
+        return out, self.residuals.put(self.name, residual)
+
+    __call__ = apply
+
+    def eval_shape(self, inputs: Any) -> Any:
+        """Output shapes and dtypes without computing them (an output instance of ShapeDtype)."""
+        p = self.point(inputs)
+        with self._guard("eval_shape"):
+            return self.backend.eval_shape(p)
+
+    def jvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: Paths = None,
+            handle: Handle | None = None) -> dict[str, np.ndarray]:
+        """Jacobian-vector product `{output path: J·t}` for tangents `{input path: t}`."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        t = self._tangents(p, tangents, batched=False)
+        return self._run("jvp", p, res, tangents=t, of=self._of(p, of, res))
+
+    def vjp(self, inputs: Any, cotangents: Mapping[str, Any], *, wrt: Paths = None,
+            handle: Handle | None = None) -> dict[str, np.ndarray]:
+        """Vector-Jacobian product `{input path: Jᵀ·c}` for cotangents `{output path: c}`."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        c = self._cotangents(p, cotangents, batched=False, res=res)
+        return self._run("vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
+
+    def jacobian(self, inputs: Any, *, wrt: Paths = None, of: Paths = None,
+                 handle: Handle | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        return self._run("jacobian", p, res, wrt=self._wrt(p, wrt), of=self._of(p, of, res))
+
+    def batched_jvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: Paths = None,
+                    handle: Handle | None = None) -> dict[str, np.ndarray]:
+        """`jvp` for a leading batch axis of tangents, answered in one call."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        t = self._tangents(p, tangents, batched=True)
+        return self._run("batched_jvp", p, res, tangents=t, of=self._of(p, of, res))
+
+    def batched_vjp(self, inputs: Any, cotangents: Mapping[str, Any], *, wrt: Paths = None,
+                    handle: Handle | None = None) -> dict[str, np.ndarray]:
+        """`vjp` for a leading batch axis of cotangents, answered in one call."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        c = self._cotangents(p, cotangents, batched=True, res=res)
+        return self._run("batched_vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
+
+    def hvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: str | None = None,
+            wrt: Paths = None) -> dict[str, np.ndarray]:
+        """Hessian-vector product `{input path: H·t}` of the scalar output `of`."""
+        p = self.point(inputs)
+        t = self._tangents(p, tangents, batched=False)
+        return self._run("hvp", p, None, tangents=t, of=self._scalar_output(p, of),
+                         wrt=self._wrt(p, wrt))
+
+    def _scalar_output(self, p: Point, of: str | None) -> str:
+        specs = self._output_specs(p, None)
+        if of is None:
+            scalars = [k for k, (s, shape) in specs.items() if s.differentiable and
+                       (shape is not None and int(np.prod(shape)) == 1)]
+            if len(scalars) != 1:
+                raise ValidationError(
+                    f"hvp of component '{self.name}' needs of=<a scalar differentiable output>; "
+                    f"scalar differentiable outputs: {scalars}"
+                )
+            return scalars[0]
+        _, shape = self._output_leaf(p, of, "hvp of", specs)
+        if shape is not None and int(np.prod(shape)) != 1:
+            raise ValidationError(
+                f"hvp of component '{self.name}': output '{of}' has shape {shape}, expected a "
+                "scalar; hvp is the Hessian of one scalar output"
+            )
+        return of
+
+    def release(self, handle: Handle) -> None:
+        """Drop a kept linearization now."""
+        self.residuals.release(handle)
+
+
+def _bound(shape: tuple[Any, ...], dims: Mapping[str, int]) -> tuple[Any, ...]:
+    return tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
+
+
+def _require_mapping(value: Any, role: str, kind: str, paths: Sequence[str]) -> None:
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"{role} must be a dict {{{kind} path: array}} over {list(paths)}, "
+            f"got {type(value).__name__}"
+        )
+
+
+def _check_batch(arrays: Mapping[str, np.ndarray], role: str) -> None:
+    sizes = {p: a.shape[0] for p, a in arrays.items() if "batched" in role}
+    if len(set(sizes.values())) > 1:
+        raise ValidationError(
+            f"{role} have different batch sizes {sizes}; give every leaf the same leading axis"
+        )
+
+
+def _numpy_tree(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _numpy_tree(v) for k, v in value.items()}
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _written_impl(fn: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
+    """Adapt an author's function `fn(inputs, <request>...)` to the implementation shape."""
+    accepted = set(inspect.signature(fn).parameters)
+
+    def impl(p: Point, res: Any, **request: Any) -> Any:
+        kwargs = {k: v for k, v in request.items() if k in accepted}
+        return fn(p.inputs, **kwargs)
+
+    impl.__name__ = f"written_{endpoint}"
+    return impl
+
+
+def component(
+    fn: Callable[[Any], Any] | None = None,
+    *,
+    inputs: type[Schema],
+    outputs: type[Schema],
+    backend: str | FiniteDifferences = "jax",
+    name: str | None = None,
+    residual_bytes: int = 256 * 2**20,
+) -> Any:
+    """Make a differentiable component of `fn(inputs) -> outputs` (decorator or call).
+
+    Arguments:
+        fn: takes an instance of `inputs` (arrays as the backend's arrays) and returns an
+            instance of `outputs` or a dict of its fields.
+        inputs, outputs: `chainrule.Schema` subclasses.
+        backend: `"jax"`, `"torch"`, `"numpy"` (finite differences) or a
+            `chainrule.FiniteDifferences(...)` with finite-difference options.
+        name: shown in messages (default: the function's name).
+        residual_bytes: budget of the cache of kept linearizations (`apply(keep=True)`).
+
+    Example:
+        ```python
+        @cr.component(inputs=Inputs, outputs=Outputs, backend="jax")
+        def affine(inputs):
+            return Outputs(y=inputs.scale * inputs.x + 1.0, n=inputs.x.shape[0])
+        ```
+    """
+
+    def wrap(f: Callable[[Any], Any]) -> Component:
+        return Component(f, inputs=inputs, outputs=outputs, backend=backend, name=name,
+                         residual_bytes=residual_bytes)
+
+    return wrap if fn is None else wrap(fn)

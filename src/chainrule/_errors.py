@@ -1,0 +1,110 @@
+"""The one exception tree of chainrule.
+
+```
+ChainruleError
+├── ValidationError              input, tangent or cotangent does not match the schema
+│   ├── UnknownPathError         a path names no leaf of the schema
+│   ├── NotDifferentiableError   a derivative asked of/with respect to a non-differentiable leaf
+│   └── WireFormatError          a request or response body cannot be decoded
+├── EndpointUnavailableError     the component cannot provide this endpoint
+├── ComponentError               the component's own code raised, or returned bad outputs
+│   └── OutputValidationError    the outputs do not match the output schema
+└── SchemaDefinitionError        a schema class itself is malformed (raised at definition)
+```
+
+Every error carries a message that says what happened, expected vs got, the field path and
+how to fix it. Errors raised across a transport are re-raised client-side as the same class
+(`error_from_dict` / `ChainruleError.to_dict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ChainruleError",
+    "ComponentError",
+    "EndpointUnavailableError",
+    "NotDifferentiableError",
+    "OutputValidationError",
+    "SchemaDefinitionError",
+    "UnknownPathError",
+    "ValidationError",
+    "WireFormatError",
+    "error_from_dict",
+]
+
+
+class ChainruleError(Exception):
+    """Base class of every error chainrule raises on purpose.
+
+    Arguments:
+        message: the whole human-readable message.
+        errors: structured detail, one dict per problem (`path`, `expected`, `got`, `message`).
+    """
+
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors: list[dict[str, Any]] = errors or []
+
+    def to_dict(self) -> dict[str, Any]:
+        """Structured form sent over a transport; `error_from_dict` rebuilds the same class."""
+        return {"type": type(self).__name__, "message": self.message, "errors": self.errors}
+
+
+class ValidationError(ChainruleError, ValueError):
+    """Inputs, tangents or cotangents do not match the component's schema."""
+
+
+class UnknownPathError(ValidationError, KeyError):
+    """A path (`"mesh.points"`) names no leaf of the schema."""
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return self.message
+
+
+class NotDifferentiableError(ValidationError):
+    """A derivative was asked of, or with respect to, a leaf not marked `Differentiable`."""
+
+
+class WireFormatError(ValidationError):
+    """A body could not be decoded (truncated, bad header, unsupported dtype, too large)."""
+
+
+class EndpointUnavailableError(ChainruleError, NotImplementedError):
+    """The component neither provides this endpoint nor can derive it from the ones it has."""
+
+
+class ComponentError(ChainruleError, RuntimeError):
+    """The component's own code raised; the original exception is chained as `__cause__`."""
+
+
+class OutputValidationError(ComponentError):
+    """The component returned outputs that do not match its output schema."""
+
+
+class SchemaDefinitionError(ChainruleError, TypeError):
+    """A schema or component definition is malformed (raised when it is defined)."""
+
+
+_CLASSES: dict[str, type[ChainruleError]] = {
+    cls.__name__: cls
+    for cls in (
+        ChainruleError,
+        ValidationError,
+        UnknownPathError,
+        NotDifferentiableError,
+        WireFormatError,
+        EndpointUnavailableError,
+        ComponentError,
+        OutputValidationError,
+        SchemaDefinitionError,
+    )
+}
+
+
+def error_from_dict(data: dict[str, Any]) -> ChainruleError:
+    """Rebuild an error sent by `ChainruleError.to_dict` (unknown types become the base)."""
+    cls = _CLASSES.get(str(data.get("type")), ChainruleError)
+    return cls(str(data.get("message", "")), errors=list(data.get("errors") or []))

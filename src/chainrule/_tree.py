@@ -1,0 +1,217 @@
+"""The one place that flattens schema instances into array leaves (by path) and static rest.
+
+A path joins field names, list indices and dict keys with dots: `"mesh.points"`,
+`"layers.0.w"`. Everything else in chainrule addresses leaves through this module, so the
+wire format, the backends and the bindings agree on what a path means.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel
+
+from ._errors import UnknownPathError, ValidationError
+from ._schema import ArraySpec, array_spec, describe_value
+
+__all__ = [
+    "Leaf",
+    "bind_dims",
+    "class_leaves",
+    "leaves",
+    "replace_leaves",
+    "signature",
+    "static_values",
+]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One array leaf of a schema instance."""
+
+    path: str
+    spec: ArraySpec
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Static:
+    path: str
+    value: Any
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _field_annotation(model: type[BaseModel], name: str) -> Any:
+    info = model.model_fields[name]
+    spec = array_spec(info.annotation, info.metadata)
+    return Annotated[np.ndarray, spec] if spec else info.annotation
+
+
+def _item_annotation(annotation: Any, value: Any) -> Any:
+    """Annotation of the items of a list/tuple/dict annotation (Any when unknown)."""
+    args = get_args(annotation)
+    if isinstance(value, dict):
+        return args[1] if len(args) == 2 else Any
+    return args[0] if args else Any
+
+
+def _pick_union_arm(annotation: Any, value: Any) -> Any:
+    for arm in get_args(annotation):
+        if array_spec(arm) is not None and hasattr(value, "shape"):
+            return arm
+        if isinstance(arm, type) and isinstance(value, arm):
+            return arm
+        if get_origin(arm) in (list, tuple, dict) and isinstance(value, get_origin(arm)):
+            return arm
+    return Any
+
+
+def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        annotation = _pick_union_arm(annotation, value)
+    spec = array_spec(annotation)
+    if spec is not None and value is not None:
+        yield Leaf(path, spec, value)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            ann = _field_annotation(type(value), name)
+            yield from _walk(getattr(value, name), ann, _join(path, name))
+    elif isinstance(value, list | tuple) and _has_arrays(annotation):
+        for i, item in enumerate(value):
+            yield from _walk(item, _item_annotation(annotation, value), _join(path, i))
+    elif isinstance(value, dict) and _has_arrays(annotation):
+        for key, item in value.items():
+            _check_key(key, path)
+            yield from _walk(item, _item_annotation(annotation, value), _join(path, key))
+    else:
+        yield _Static(path, value)
+
+
+def _has_arrays(annotation: Any) -> bool:
+    """Whether a container annotation can hold arrays or models (else it is one static value)."""
+    if array_spec(annotation) is not None:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_has_arrays(a) for a in get_args(annotation) if a is not Ellipsis)
+
+
+def _check_key(key: object, path: str) -> None:
+    if not isinstance(key, str) or "." in key:
+        raise ValidationError(
+            f"dict key {key!r} at '{path}' cannot be part of a path: keys of dicts holding "
+            "arrays must be strings without '.'",
+            errors=[{"path": path, "expected": "str key without '.'", "got": repr(key)}],
+        )
+
+
+def leaves(instance: BaseModel) -> list[Leaf]:
+    """Every array leaf of `instance`, in field order."""
+    return [x for x in _walk(instance, type(instance), "") if isinstance(x, Leaf)]
+
+
+def static_values(instance: BaseModel) -> list[tuple[str, Any]]:
+    """(path, value) of every non-array value of `instance`."""
+    return [(x.path, x.value) for x in _walk(instance, type(instance), "") if isinstance(x, _Static)]
+
+
+def _frozen(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return json.dumps(value, sort_keys=True, default=repr)
+
+
+def signature(instance: BaseModel) -> tuple[Any, ...]:
+    """A hashable key of everything but array values: static values, array shapes and dtypes.
+
+    Two instances with the same signature trace to the same program (the jit cache key).
+    """
+    out: list[Any] = []
+    for x in _walk(instance, type(instance), ""):
+        if isinstance(x, Leaf):
+            out.append((x.path, tuple(x.value.shape), str(x.value.dtype)))
+        else:
+            out.append((x.path, type(x.value).__name__, _frozen(x.value)))
+    return tuple(out)
+
+
+def replace_leaves(instance: BaseModel, new: Mapping[str, Any]) -> BaseModel:
+    """A copy of `instance` whose leaves at the paths of `new` are replaced, without validation.
+
+    Used to hand framework arrays (tracers, tensors) to the author's function.
+    """
+    unknown = set(new) - {leaf.path for leaf in leaves(instance)}
+    if unknown:
+        raise UnknownPathError(
+            f"no array leaf at {sorted(unknown)}; leaves are {[x.path for x in leaves(instance)]}"
+        )
+    return _rebuild(instance, type(instance), "", new)
+
+
+def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any]) -> Any:
+    if path in new:
+        return new[path]
+    if isinstance(value, BaseModel):
+        fields = {
+            name: _rebuild(getattr(value, name), _field_annotation(type(value), name),
+                           _join(path, name), new)
+            for name in type(value).model_fields
+        }
+        return type(value).model_construct(_fields_set=value.model_fields_set, **fields)
+    if isinstance(value, list | tuple) and _has_arrays(annotation):
+        item = _item_annotation(annotation, value)
+        return type(value)(_rebuild(v, item, _join(path, i), new) for i, v in enumerate(value))
+    if isinstance(value, dict) and _has_arrays(annotation):
+        item = _item_annotation(annotation, value)
+        return {k: _rebuild(v, item, _join(path, k), new) for k, v in value.items()}
+    return value
+
+
+def bind_dims(
+    groups: list[list[Leaf]], fail: Callable[[str, list[dict[str, Any]]], Exception]
+) -> dict[str, int]:
+    """Sizes of named dimensions across all leaves; `fail(message, errors)` on a mismatch."""
+    sizes: dict[str, tuple[int, str]] = {}
+    for group in groups:
+        for leaf in group:
+            for name, size in leaf.spec.bind(tuple(leaf.value.shape)).items():
+                first = sizes.setdefault(name, (size, leaf.path))
+                if first[0] != size:
+                    msg = (
+                        f"dimension '{name}' is {first[0]} in '{first[1]}' but {size} in "
+                        f"'{leaf.path}' ({describe_value(leaf.value)}, expected {leaf.spec}); "
+                        f"named dimensions must agree across all fields"
+                    )
+                    err = {"path": leaf.path, "expected": f"{name}={first[0]}", "got": size}
+                    raise fail(msg, [err])
+    return {k: v[0] for k, v in sizes.items()}
+
+
+def class_leaves(model: type[BaseModel]) -> dict[str, ArraySpec] | None:
+    """Array leaves known from the class alone, or None if they depend on the instance.
+
+    Lists, dicts and optional fields of arrays make the set of leaves instance-dependent.
+    """
+    out: dict[str, ArraySpec] = {}
+    for name in model.model_fields:
+        ann = _field_annotation(model, name)
+        spec = array_spec(ann)
+        if spec is not None:
+            out[name] = spec
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            sub = class_leaves(ann)
+            if sub is None:
+                return None
+            out.update({_join(name, k): v for k, v in sub.items()})
+        elif _has_arrays(ann):
+            return None
+    return out
