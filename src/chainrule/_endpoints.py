@@ -109,6 +109,30 @@ def _vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
     return vjp
 
 
+def _batched_jvp_from_jacobian(jacobian: ImplFn) -> ImplFn:
+    def batched_jvp(p: PointLike, res: Any, tangents: dict[str, np.ndarray],
+                    of: tuple[str, ...]) -> Any:
+        jac = jacobian(p, res, wrt=tuple(tangents), of=of)  # one Jacobian for every tangent
+        size = len(next(iter(tangents.values()))) if tangents else 0
+        return {o: np.stack([sum(_contract_in(jac[o][w], t[b]) for w, t in tangents.items())
+                             for b in range(size)]) for o in of}
+
+    return batched_jvp
+
+
+def _batched_vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
+    def batched_vjp(p: PointLike, res: Any, cotangents: dict[str, np.ndarray],
+                    wrt: tuple[str, ...]) -> Any:
+        jac = jacobian(p, res, wrt=wrt, of=tuple(cotangents))  # one Jacobian for every row
+        once = lambda *a, **k: jac  # noqa: E731
+        size = len(next(iter(cotangents.values()))) if cotangents else 0
+        rows = [_vjp_from_jacobian(once)(p, res, {o: c[b] for o, c in cotangents.items()}, wrt)
+                for b in range(size)]
+        return {w: np.stack([r[w] for r in rows]) for w in wrt}
+
+    return batched_vjp
+
+
 def _blocks(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, dict[str, slice]]:
     """Stack one identity block per leaf along a batch axis: total size and each slice."""
     total, slices = 0, {}
@@ -187,6 +211,8 @@ RULES: tuple[Rule, ...] = (
     Rule("vjp", "jacobian", 1.0, _vjp_from_jacobian),
     Rule("jacobian", "batched_vjp", 1.0, _jacobian_from_batched_vjp),
     Rule("jacobian", "batched_jvp", 1.1, _jacobian_from_batched_jvp),
+    Rule("batched_jvp", "jacobian", 1.0, _batched_jvp_from_jacobian),
+    Rule("batched_vjp", "jacobian", 1.0, _batched_vjp_from_jacobian),
     Rule("batched_jvp", "jvp", 0.5, lambda f: _batched_from_single(f, "tangents")),
     Rule("batched_vjp", "vjp", 0.5, lambda f: _batched_from_single(f, "cotangents")),
     Rule("jvp", "batched_jvp", 0.1, lambda f: _single_from_batched(f, "tangents")),

@@ -55,6 +55,7 @@ class Backend(ABC):
     cost: ClassVar[float]
     native: ClassVar[tuple[str, ...]]
     cheap_eval_shape: ClassVar[bool] = True
+    static_shapes: ClassVar[bool] = True  # output shapes depend only on the static signature
     eval_shape_provenance: ClassVar[str] = "native"
 
     def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema],

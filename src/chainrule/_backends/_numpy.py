@@ -34,6 +34,7 @@ class NumpyBackend(Backend):
     cost = 10.0
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp")
     eval_shape_provenance = "named dimensions (else needs apply)"
+    static_shapes = False  # NumPy code may return data-dependent shapes
 
     def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema],
                  options: FiniteDifferences | None = None) -> None:
