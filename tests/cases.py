@@ -123,15 +123,37 @@ def _rng() -> np.random.Generator:
 
 CASES = [
     Case("vector", VecIn, VecOut, vector, lambda: {"x": np.linspace(0.3, 1.7, 4), "scale": 1.5}),
-    Case("matrix", MatIn, MatOut, matrix, lambda: {
-        "a": _rng().standard_normal((3, 2)), "b": np.array([0.4, -0.7]),
-        "offset": np.array([1.0, 2.0, 3.0])}),
-    Case("nested", NestIn, NestOut, nested, lambda: {
-        "layers": [{"w": _rng().standard_normal((2, 3)) * 0.5, "b": np.array([0.1, -0.2])},
-                   {"w": np.full((2, 3), 0.3), "b": np.array([0.5, 0.2])}],
-        "x": np.array([0.3, -0.1, 0.8])}),
-    Case("static", StaticIn, StaticOut, static, lambda: {
-        "x": np.array([0.5, 1.2, -0.7]), "power": 3, "mode": "cumulative"}),
+    Case(
+        "matrix",
+        MatIn,
+        MatOut,
+        matrix,
+        lambda: {
+            "a": _rng().standard_normal((3, 2)),
+            "b": np.array([0.4, -0.7]),
+            "offset": np.array([1.0, 2.0, 3.0]),
+        },
+    ),
+    Case(
+        "nested",
+        NestIn,
+        NestOut,
+        nested,
+        lambda: {
+            "layers": [
+                {"w": _rng().standard_normal((2, 3)) * 0.5, "b": np.array([0.1, -0.2])},
+                {"w": np.full((2, 3), 0.3), "b": np.array([0.5, 0.2])},
+            ],
+            "x": np.array([0.3, -0.1, 0.8]),
+        },
+    ),
+    Case(
+        "static",
+        StaticIn,
+        StaticOut,
+        static,
+        lambda: {"x": np.array([0.5, 1.2, -0.7]), "power": 3, "mode": "cumulative"},
+    ),
 ]
 
 BACKENDS = ["jax", "torch", "numpy", "written"]
@@ -152,12 +174,27 @@ def xp_of(backend: str) -> Any:
 def build(case: Case, backend: str) -> cr.Component:
     """The case as a component of `backend`; "written" is numpy with an author's Jacobian."""
     if backend != "written":
-        return cr.component(case.make(xp_of(backend)), inputs=case.inputs,
-                            outputs=case.outputs, backend=backend, name=f"{case.name}_{backend}")
-    comp = cr.component(case.make(np), inputs=case.inputs, outputs=case.outputs,
-                        backend="numpy", name=f"{case.name}_written")
-    reference = cr.component(case.make(xp_of("jax")), inputs=case.inputs, outputs=case.outputs,
-                             backend="jax", name=f"{case.name}_reference")
+        return cr.component(
+            case.make(xp_of(backend)),
+            inputs=case.inputs,
+            outputs=case.outputs,
+            backend=backend,
+            name=f"{case.name}_{backend}",
+        )
+    comp = cr.component(
+        case.make(np),
+        inputs=case.inputs,
+        outputs=case.outputs,
+        backend="numpy",
+        name=f"{case.name}_written",
+    )
+    reference = cr.component(
+        case.make(xp_of("jax")),
+        inputs=case.inputs,
+        outputs=case.outputs,
+        backend="jax",
+        name=f"{case.name}_reference",
+    )
 
     @comp.def_jacobian
     def jacobian(inputs: Any, wrt: tuple[str, ...], of: tuple[str, ...]) -> Any:

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cases import BACKENDS, CASES, Case  # noqa: E402
+from cases import BACKENDS, CASES, Case
 
 
 @pytest.fixture(params=BACKENDS)

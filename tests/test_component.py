@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cases import CASES, Case, VecIn, VecOut, build
 
 import chainrule as cr
+from cases import CASES, Case, VecIn, VecOut, build
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
@@ -63,7 +63,8 @@ def test_apply_and_eval_shape_agree(case: Case, backend: str) -> None:
     want = {x.path: (x.value.shape, x.value.dtype) for x in leaves(out)}
     assert got == want
     assert shapes.model_dump(exclude={x.split(".")[0] for x in got}) == out.model_dump(
-        exclude={x.split(".")[0] for x in got})
+        exclude={x.split(".")[0] for x in got}
+    )
 
 
 def test_numpy_eval_shape_from_named_dims() -> None:
@@ -171,6 +172,7 @@ def test_component_error_chains_the_authors_exception() -> None:
         y: cr.Differentiable[cr.Array[(None,), cr.Float64]]
 
     for backend in ("numpy", "jax", "torch"):
+
         @cr.component(inputs=In, outputs=Out, backend=backend, name="broken")
         def broken(inputs: In) -> Out:
             raise ZeroDivisionError("the solver diverged")

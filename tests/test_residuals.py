@@ -55,7 +55,7 @@ def test_kept_handle_runs_forward_once(backend: str) -> None:
     x, c = np.array([0.3, 1.2, 2.0]), np.array([1.0, -1.0, 0.5])
     comp.apply({"x": x})  # warm up (compilation) outside the count
     calls.clear()
-    out, handle = comp.apply({"x": x}, keep=True)
+    _, handle = comp.apply({"x": x}, keep=True)
     grad = comp.vjp({"x": x}, {"y": c}, handle=handle)
     tangent = comp.jvp({"x": x}, {"x": c}, handle=handle)
     batched = comp.batched_vjp({"x": x}, {"y": np.stack([c, 2 * c])}, handle=handle)

@@ -4,6 +4,7 @@ Wrap simulators, solvers and models written in JAX, PyTorch or NumPy as typed, d
 components, and compose them into pipelines whose gradients flow end to end.
 """
 
+from ._backends import FiniteDifferences
 from ._check import GradientReport, check_gradients
 from ._component import Component, component
 from ._endpoints import ENDPOINTS
@@ -18,7 +19,6 @@ from ._errors import (
     ValidationError,
     WireFormatError,
 )
-from ._backends import FiniteDifferences
 from ._residuals import Handle, ResidualCache
 from ._schema import (
     Array,

@@ -59,9 +59,16 @@ class GradientReport:
         return [c for c in self.checks if not c.ok]
 
     def _rows(self) -> list[tuple[str, str, str, str, str]]:
-        return [(c.endpoint, str(c.point), f"{c.error:.2e}", f"{c.tolerance:.1e}",
-                 ("ok" if c.ok else "FAIL") + (f" {c.detail}" if c.detail else ""))
-                for c in self.checks]
+        return [
+            (
+                c.endpoint,
+                str(c.point),
+                f"{c.error:.2e}",
+                f"{c.tolerance:.1e}",
+                ("ok" if c.ok else "FAIL") + (f" {c.detail}" if c.detail else ""),
+            )
+            for c in self.checks
+        ]
 
     def __str__(self) -> str:
         head = ("endpoint", "point", "rel. error", "tolerance", "result")
@@ -114,8 +121,9 @@ class _Checker:
         try:
             fn()
         except ChainruleError as e:
-            self.report.checks.append(Check(endpoint, k, float("nan"), self.rtol, False,
-                                            f"{type(e).__name__}: {e}"))
+            self.report.checks.append(
+                Check(endpoint, k, float("nan"), self.rtol, False, f"{type(e).__name__}: {e}")
+            )
 
     def outputs(self, p: Point, values: Mapping[str, np.ndarray], of: tuple[str, ...]) -> Arrays:
         out = self.comp.apply(replace_leaves(p.inputs, values))
@@ -136,21 +144,25 @@ class _Checker:
         return {o: (4 * fine[o] - coarse[o]) / 3 for o in of}
 
     def random_like(self, arrays: Mapping[str, Any]) -> Arrays:
-        return {k: self.rng.standard_normal(np.shape(v)).astype(np.asarray(v).dtype)
-                for k, v in arrays.items()}
+        return {
+            k: self.rng.standard_normal(np.shape(v)).astype(np.asarray(v).dtype)
+            for k, v in arrays.items()
+        }
 
 
 def _contract(jac: Mapping[str, Mapping[str, np.ndarray]], u: Arrays) -> Arrays:
     out = {}
     for o, row in jac.items():
-        terms = [np.tensordot(row[w], u[w], axes=u[w].ndim) if u[w].ndim else row[w] * u[w]
-                 for w in u]
+        terms = [
+            np.tensordot(row[w], u[w], axes=u[w].ndim) if u[w].ndim else row[w] * u[w] for w in u
+        ]
         out[o] = sum(terms[1:], terms[0])
     return out
 
 
-def _check_point(c: _Checker, p: Point, k: int, wrt: tuple[str, ...],
-                 of: tuple[str, ...], offered: set[str]) -> None:
+def _check_point(
+    c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: tuple[str, ...], offered: set[str]
+) -> None:
     comp = c.comp
     u = c.random_like({w: p.values[w] for w in wrt})
     u2 = c.random_like(u)
@@ -160,27 +172,45 @@ def _check_point(c: _Checker, p: Point, k: int, wrt: tuple[str, ...],
     if "jvp" in offered:
         c.guarded("jvp", k, lambda: c.compare("jvp", k, comp.jvp(p, u, of=of), fd))
     if "vjp" in offered:
-        c.guarded("vjp", k, lambda: c.compare("vjp", k, _dot(comp.vjp(p, v, wrt=wrt), u),
-                                              _dot(v, fd)))
+        c.guarded(
+            "vjp", k, lambda: c.compare("vjp", k, _dot(comp.vjp(p, v, wrt=wrt), u), _dot(v, fd))
+        )
     if {"jvp", "vjp"} <= offered:
-        c.guarded("dot product", k, lambda: c.compare(
-            "dot product", k, _dot(v, comp.jvp(p, u, of=of)), _dot(comp.vjp(p, v, wrt=wrt), u)))
+        c.guarded(
+            "dot product",
+            k,
+            lambda: c.compare(
+                "dot product", k, _dot(v, comp.jvp(p, u, of=of)), _dot(comp.vjp(p, v, wrt=wrt), u)
+            ),
+        )
     if "jacobian" in offered:
-        c.guarded("jacobian", k, lambda: c.compare(
-            "jacobian", k, _contract(comp.jacobian(p, wrt=wrt, of=of), u), fd))
+        c.guarded(
+            "jacobian",
+            k,
+            lambda: c.compare("jacobian", k, _contract(comp.jacobian(p, wrt=wrt, of=of), u), fd),
+        )
     if "batched_jvp" in offered:
+
         def batched_jvp() -> None:
             got = comp.batched_jvp(p, {w: np.stack([u[w], u2[w]]) for w in wrt}, of=of)
-            c.compare("batched_jvp", k, {o: got[o] for o in of},
-                      {o: np.stack([fd[o], fd2[o]]) for o in of})
+            c.compare(
+                "batched_jvp",
+                k,
+                {o: got[o] for o in of},
+                {o: np.stack([fd[o], fd2[o]]) for o in of},
+            )
+
         c.guarded("batched_jvp", k, batched_jvp)
     if "batched_vjp" in offered:
+
         def batched_vjp() -> None:
             got = comp.batched_vjp(p, {o: np.stack([v[o], v2[o]]) for o in of}, wrt=wrt)
-            pairs = [(_dot({w: got[w][b] for w in wrt}, u), _dot(vb, fd))
-                     for b, vb in enumerate((v, v2))]
+            pairs = [
+                (_dot({w: got[w][b] for w in wrt}, u), _dot(vb, fd)) for b, vb in enumerate((v, v2))
+            ]
             for g, want in pairs:
                 c.compare("batched_vjp", k, g, want)
+
         c.guarded("batched_vjp", k, batched_vjp)
     if "hvp" in offered:
         scalars = [o for o in of if base[o].size == 1]
@@ -199,16 +229,17 @@ def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: str, u: 
         return comp.vjp(point, one, wrt=wrt)
 
     def central(step: float) -> Arrays:
-        return {w: (a - b) / (2 * step) for (w, a), b in
-                zip(grad_at(step).items(), grad_at(-step).values(), strict=True)}
+        return {
+            w: (a - b) / (2 * step)
+            for (w, a), b in zip(grad_at(step).items(), grad_at(-step).values(), strict=True)
+        }
 
     coarse, fine = central(h), central(h / 2)
     want = {w: (4 * fine[w] - coarse[w]) / 3 for w in wrt}
     c.compare("hvp", k, comp.hvp(p, u, of=of, wrt=wrt), want)
 
 
-def _perturbed(p: Point, wrt: tuple[str, ...], rng: np.random.Generator,
-               size: float) -> Point:
+def _perturbed(p: Point, wrt: tuple[str, ...], rng: np.random.Generator, size: float) -> Point:
     new = {}
     for w in wrt:
         x = p.values[w]
@@ -258,7 +289,13 @@ def check_gradients(
         low = any(p.values[w].dtype.itemsize < 8 for w in wrt_paths)
         rtol = 1e-2 if low else 1e-6
     offered = set(endpoints or component.endpoints) & {
-        "jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp"}
+        "jvp",
+        "vjp",
+        "jacobian",
+        "batched_jvp",
+        "batched_vjp",
+        "hvp",
+    }
     rng = np.random.default_rng(seed)
     checker = _Checker(component, rtol, atol, rng)
     points = [p] + [_perturbed(p, wrt_paths, rng, perturbation) for _ in range(n_random)]

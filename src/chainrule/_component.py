@@ -52,8 +52,15 @@ def format_pydantic(error: pydantic.ValidationError, what: str) -> tuple[str, li
             got = "" if "got" in ctx else f" (got {describe_value(err.get('input'))})"
             msg = f"'{path}': {err['msg']}{got}"
         lines.append(msg)
-        details.append({"path": path, "expected": ctx.get("expected"), "got": ctx.get("got"),
-                        "message": msg, "type": kind})
+        details.append(
+            {
+                "path": path,
+                "expected": ctx.get("expected"),
+                "got": ctx.get("got"),
+                "message": msg,
+                "type": kind,
+            }
+        )
     return f"{what}: " + "; ".join(lines), details
 
 
@@ -122,7 +129,7 @@ class Component:
         self.fn = fn
         self.inputs = inputs
         self.outputs = outputs
-        self.name = name or getattr(fn, "__name__", "component")
+        self.name: str = name or str(getattr(fn, "__name__", "component"))
         self.backend: Backend = load_backend(backend, fn, inputs, outputs)
         self.residuals = ResidualCache(max_bytes=residual_bytes)
         self.calls: Counter[str] = Counter()
@@ -142,10 +149,13 @@ class Component:
     def impls(self) -> dict[str, Impl]:
         """Chosen implementation of each endpoint (recomputed when the author adds one)."""
         if self._impls is None:
-            sources = {n: Impl(self.backend.endpoint(n), self.backend.provenance,
-                               self.backend.cost) for n in self.backend.native}
-            sources.update({n: Impl(_written_impl(f, n), "written", 0.0)
-                            for n, f in self._written.items()})
+            sources = {
+                n: Impl(self.backend.endpoint(n), self.backend.provenance, self.backend.cost)
+                for n in self.backend.native
+            }
+            sources.update(
+                {n: Impl(_written_impl(f, n), "written", 0.0) for n, f in self._written.items()}
+            )
             self._impls = resolve(sources)
         return self._impls
 
@@ -254,8 +264,9 @@ class Component:
             return np.asarray(spec.validate(value))
         except PydanticCustomError as e:
             msg = f"{role} for '{path}' of component '{self.name}': {e}"
-            raise ValidationError(msg, errors=[{"path": f"{role}.{path}", **(e.context or {}),
-                                                "message": msg}]) from None
+            raise ValidationError(
+                msg, errors=[{"path": f"{role}.{path}", **(e.context or {}), "message": msg}]
+            ) from None
 
     def _tangents(self, p: Point, tangents: Any, batched: bool) -> dict[str, np.ndarray]:
         role = "batched tangents" if batched else "tangents"
@@ -264,8 +275,9 @@ class Component:
         for path, t in tangents.items():
             leaf = self._input_leaf(p, path, role)
             shape = tuple(leaf.value.shape)
-            spec = ArraySpec(((None,) if batched else ()) + shape, leaf.value.dtype,
-                             casting="same_kind")
+            spec = ArraySpec(
+                ((None,) if batched else ()) + shape, leaf.value.dtype, casting="same_kind"
+            )
             out[path] = self._tangent_array(t, spec, role, path)
         _check_batch(out, role)
         return out
@@ -273,13 +285,16 @@ class Component:
     def _cotangents(self, p: Point, cts: Any, batched: bool, res: Residual | None) -> dict:
         role = "batched cotangents" if batched else "cotangents"
         specs = self._output_specs(p, res)
-        _require_mapping(cts, role, "output", [k for k, (s, _) in specs.items() if s.differentiable])
+        _require_mapping(
+            cts, role, "output", [k for k, (s, _) in specs.items() if s.differentiable]
+        )
         out = {}
         for path, c in cts.items():
             spec, shape = self._output_leaf(p, path, role, specs)
             pattern = shape if shape is not None else _bound(spec.shape, p.dims)
-            full = ArraySpec(((None,) if batched else ()) + tuple(pattern), spec.dtype,
-                             casting="same_kind")
+            full = ArraySpec(
+                ((None,) if batched else ()) + tuple(pattern), spec.dtype, casting="same_kind"
+            )
             out[path] = self._tangent_array(c, full, role, path)
         _check_batch(out, role)
         return out
@@ -349,8 +364,9 @@ class Component:
     def _remember_shapes(self, p: Point, out: Schema) -> None:
         key = _tree.signature(p.inputs)
         if key not in self._shapes:
-            shapes = {x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype)
-                      for x in _tree.leaves(out)}
+            shapes = {
+                x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)
+            }
             self._shapes[key] = _tree.replace_leaves(out, shapes)  # type: ignore[assignment]
             while len(self._shapes) > 64:
                 self._shapes.popitem(last=False)
@@ -366,7 +382,7 @@ class Component:
             shapes = self.eval_shape(p)
             if key is not None:
                 self._shapes[key] = shapes
-            return shapes  # type: ignore[no-any-return]
+            return shapes
         return None
 
     def _run(self, endpoint: str, p: Point, res: Residual | None, **request: Any) -> Any:
@@ -409,58 +425,88 @@ class Component:
         with self._guard("eval_shape"):
             return self.backend.eval_shape(p)
 
-    def jvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: Paths = None,
-            handle: Handle | None = None) -> dict[str, np.ndarray]:
+    def jvp(
+        self,
+        inputs: Any,
+        tangents: Mapping[str, Any],
+        *,
+        of: Paths = None,
+        handle: Handle | None = None,
+    ) -> dict[str, np.ndarray]:
         """Jacobian-vector product `{output path: J·t}` for tangents `{input path: t}`."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
         t = self._tangents(p, tangents, batched=False)
         return self._run("jvp", p, res, tangents=t, of=self._of(p, of, res))
 
-    def vjp(self, inputs: Any, cotangents: Mapping[str, Any], *, wrt: Paths = None,
-            handle: Handle | None = None) -> dict[str, np.ndarray]:
+    def vjp(
+        self,
+        inputs: Any,
+        cotangents: Mapping[str, Any],
+        *,
+        wrt: Paths = None,
+        handle: Handle | None = None,
+    ) -> dict[str, np.ndarray]:
         """Vector-Jacobian product `{input path: Jᵀ·c}` for cotangents `{output path: c}`."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
         c = self._cotangents(p, cotangents, batched=False, res=res)
         return self._run("vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
 
-    def jacobian(self, inputs: Any, *, wrt: Paths = None, of: Paths = None,
-                 handle: Handle | None = None) -> dict[str, dict[str, np.ndarray]]:
+    def jacobian(
+        self, inputs: Any, *, wrt: Paths = None, of: Paths = None, handle: Handle | None = None
+    ) -> dict[str, dict[str, np.ndarray]]:
         """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
         return self._run("jacobian", p, res, wrt=self._wrt(p, wrt), of=self._of(p, of, res))
 
-    def batched_jvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: Paths = None,
-                    handle: Handle | None = None) -> dict[str, np.ndarray]:
+    def batched_jvp(
+        self,
+        inputs: Any,
+        tangents: Mapping[str, Any],
+        *,
+        of: Paths = None,
+        handle: Handle | None = None,
+    ) -> dict[str, np.ndarray]:
         """`jvp` for a leading batch axis of tangents, answered in one call."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
         t = self._tangents(p, tangents, batched=True)
         return self._run("batched_jvp", p, res, tangents=t, of=self._of(p, of, res))
 
-    def batched_vjp(self, inputs: Any, cotangents: Mapping[str, Any], *, wrt: Paths = None,
-                    handle: Handle | None = None) -> dict[str, np.ndarray]:
+    def batched_vjp(
+        self,
+        inputs: Any,
+        cotangents: Mapping[str, Any],
+        *,
+        wrt: Paths = None,
+        handle: Handle | None = None,
+    ) -> dict[str, np.ndarray]:
         """`vjp` for a leading batch axis of cotangents, answered in one call."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
         c = self._cotangents(p, cotangents, batched=True, res=res)
         return self._run("batched_vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
 
-    def hvp(self, inputs: Any, tangents: Mapping[str, Any], *, of: str | None = None,
-            wrt: Paths = None) -> dict[str, np.ndarray]:
+    def hvp(
+        self, inputs: Any, tangents: Mapping[str, Any], *, of: str | None = None, wrt: Paths = None
+    ) -> dict[str, np.ndarray]:
         """Hessian-vector product `{input path: H·t}` of the scalar output `of`."""
         p = self.point(inputs)
         t = self._tangents(p, tangents, batched=False)
-        return self._run("hvp", p, None, tangents=t, of=self._scalar_output(p, of),
-                         wrt=self._wrt(p, wrt))
+        return self._run(
+            "hvp", p, None, tangents=t, of=self._scalar_output(p, of), wrt=self._wrt(p, wrt)
+        )
 
     def _scalar_output(self, p: Point, of: str | None) -> str:
         specs = self._output_specs(p, None)
         if of is None:
-            scalars = [k for k, (s, shape) in specs.items() if s.differentiable and
-                       (shape is not None and int(np.prod(shape)) == 1)]
+            scalars = [
+                k
+                for k, (s, shape) in specs.items()
+                if s.differentiable and (shape is not None and int(np.prod(shape)) == 1)
+            ]
             if len(scalars) != 1:
                 raise ValidationError(
                     f"hvp of component '{self.name}' needs of=<a scalar differentiable output>; "
@@ -547,7 +593,13 @@ def component(
     """
 
     def wrap(f: Callable[[Any], Any]) -> Component:
-        return Component(f, inputs=inputs, outputs=outputs, backend=backend, name=name,
-                         residual_bytes=residual_bytes)
+        return Component(
+            f,
+            inputs=inputs,
+            outputs=outputs,
+            backend=backend,
+            name=name,
+            residual_bytes=residual_bytes,
+        )
 
     return wrap if fn is None else wrap(fn)

@@ -110,24 +110,35 @@ def _vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
 
 
 def _batched_jvp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def batched_jvp(p: PointLike, res: Any, tangents: dict[str, np.ndarray],
-                    of: tuple[str, ...]) -> Any:
+    def batched_jvp(
+        p: PointLike, res: Any, tangents: dict[str, np.ndarray], of: tuple[str, ...]
+    ) -> Any:
         jac = jacobian(p, res, wrt=tuple(tangents), of=of)  # one Jacobian for every tangent
         size = len(next(iter(tangents.values()))) if tangents else 0
-        return {o: np.stack([sum(_contract_in(jac[o][w], t[b]) for w, t in tangents.items())
-                             for b in range(size)]) for o in of}
+        return {
+            o: np.stack(
+                [
+                    sum(_contract_in(jac[o][w], t[b]) for w, t in tangents.items())
+                    for b in range(size)
+                ]
+            )
+            for o in of
+        }
 
     return batched_jvp
 
 
 def _batched_vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def batched_vjp(p: PointLike, res: Any, cotangents: dict[str, np.ndarray],
-                    wrt: tuple[str, ...]) -> Any:
+    def batched_vjp(
+        p: PointLike, res: Any, cotangents: dict[str, np.ndarray], wrt: tuple[str, ...]
+    ) -> Any:
         jac = jacobian(p, res, wrt=wrt, of=tuple(cotangents))  # one Jacobian for every row
         once = lambda *a, **k: jac  # noqa: E731
         size = len(next(iter(cotangents.values()))) if cotangents else 0
-        rows = [_vjp_from_jacobian(once)(p, res, {o: c[b] for o, c in cotangents.items()}, wrt)
-                for b in range(size)]
+        rows = [
+            _vjp_from_jacobian(once)(p, res, {o: c[b] for o, c in cotangents.items()}, wrt)
+            for b in range(size)
+        ]
         return {w: np.stack([r[w] for r in rows]) for w in wrt}
 
     return batched_vjp
@@ -190,10 +201,15 @@ def _batched_from_single(single: ImplFn, key: str) -> ImplFn:
     def batched(p: PointLike, res: Any, **request: Any) -> Any:
         stacked = request.pop(key)
         size = len(next(iter(stacked.values()))) if stacked else 0
-        results = [single(p, res, **{key: {k: v[b] for k, v in stacked.items()}}, **request)
-                   for b in range(size)]
-        return {k: np.stack([np.asarray(r[k]) for r in results]) for k in results[0]} if (
-            results) else {}
+        results = [
+            single(p, res, **{key: {k: v[b] for k, v in stacked.items()}}, **request)
+            for b in range(size)
+        ]
+        return (
+            {k: np.stack([np.asarray(r[k]) for r in results]) for k in results[0]}
+            if (results)
+            else {}
+        )
 
     return batched
 

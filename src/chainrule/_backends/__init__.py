@@ -58,8 +58,9 @@ class Backend(ABC):
     static_shapes: ClassVar[bool] = True  # output shapes depend only on the static signature
     eval_shape_provenance: ClassVar[str] = "native"
 
-    def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema],
-                 outputs: type[Schema]) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema]
+    ) -> None:
         self.fn = fn
         self.inputs = inputs
         self.outputs = outputs
@@ -103,8 +104,12 @@ _BACKENDS = {"jax": "._jax", "torch": "._torch", "numpy": "._numpy"}
 _EXTRAS = {"jax": "jax", "torch": "torch"}
 
 
-def load_backend(spec: str | FiniteDifferences, fn: Callable[[Any], Any],
-                 inputs: type[Schema], outputs: type[Schema]) -> Backend:
+def load_backend(
+    spec: str | FiniteDifferences,
+    fn: Callable[[Any], Any],
+    inputs: type[Schema],
+    outputs: type[Schema],
+) -> Backend:
     """Instantiate the backend named by `spec`, importing its framework only now."""
     if isinstance(spec, FiniteDifferences):
         from ._numpy import NumpyBackend

@@ -34,8 +34,10 @@ def _pick(tree: Tree, keys: tuple[str, ...]) -> Tree:
 
 def _fill(given: Tree, avals: Tree) -> Tree:
     """`given` completed with zeros for the leaves of `avals` it lacks, cast to their dtype."""
-    return {k: jnp.asarray(given[k], a.dtype) if k in given else jnp.zeros(a.shape, a.dtype)
-            for k, a in avals.items()}
+    return {
+        k: jnp.asarray(given[k], a.dtype) if k in given else jnp.zeros(a.shape, a.dtype)
+        for k, a in avals.items()
+    }
 
 
 def _nbytes(tree: Any) -> int:
@@ -48,8 +50,9 @@ class _Programs:
     def __init__(self, fn: Callable[[Any], Any], outputs: type[Schema], p: Point) -> None:
         self.template: Schema | None = None
         self.out_avals: Tree = {}
-        self.in_avals = {k: jax.ShapeDtypeStruct(p.values[k].shape, p.values[k].dtype)
-                         for k in p.diff}
+        self.in_avals = {
+            k: jax.ShapeDtypeStruct(p.values[k].shape, p.values[k].dtype) for k in p.diff
+        }
         inputs, name = p.inputs, p.component.name
 
         def f(d: Tree, c: Tree) -> tuple[Tree, Tree]:
@@ -59,8 +62,11 @@ class _Programs:
             for leaf in leaves(out):
                 value = jnp.asarray(leaf.value)
                 if leaf.spec.differentiable:
-                    dout[leaf.path] = value.astype(leaf.spec.dtype) if (
-                        value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc") else value
+                    dout[leaf.path] = (
+                        value.astype(leaf.spec.dtype)
+                        if (value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc")
+                        else value
+                    )
                 else:
                     nd[leaf.path] = value
             self.template = out  # static output values, captured while tracing
@@ -96,15 +102,18 @@ class _Programs:
 
     def _vjp(self, d: Tree, c: Tree, ct: Tree, wrt: tuple[str, ...]) -> Tree:
         out, pull = jax.vjp(self._restricted(d, c, wrt), _pick(d, wrt))
-        return pull(_fill(ct, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out.items()}))[0]
+        return pull(_fill(ct, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out.items()}))[
+            0
+        ]
 
     def _jvp_kept(self, pull: Any, t: Tree) -> Tree:
         # The jvp is the transpose of the kept (linear) pullback: no forward pass needed.
         transpose = jax.linear_transpose(pull, self.out_avals)
         return transpose((_fill(t, self.in_avals),))[0]
 
-    def _jacobian(self, d: Tree, c: Tree, wrt: tuple[str, ...], of: tuple[str, ...],
-                  forward: bool) -> Tree:
+    def _jacobian(
+        self, d: Tree, c: Tree, wrt: tuple[str, ...], of: tuple[str, ...], forward: bool
+    ) -> Tree:
         g = lambda s: _pick(self.f({**d, **s}, c)[0], of)  # noqa: E731
         return (jax.jacfwd if forward else jax.jacrev)(g)(_pick(d, wrt))
 
@@ -123,8 +132,9 @@ class JaxBackend(Backend):
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
     eval_shape_provenance = "native (jax.eval_shape)"
 
-    def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema],
-                 outputs: type[Schema]) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema]
+    ) -> None:
         super().__init__(fn, inputs, outputs)
         self._programs: OrderedDict[Any, _Programs] = OrderedDict()
 
@@ -159,7 +169,9 @@ class JaxBackend(Backend):
     def eval_shape(self, p: Point) -> Any:
         progs, (d, c) = self.programs(p), self._split(p)
         dout, nd = jax.eval_shape(progs.f, d, c)
-        shapes = {k: ShapeDtype(tuple(v.shape), np.dtype(v.dtype)) for k, v in {**dout, **nd}.items()}
+        shapes = {
+            k: ShapeDtype(tuple(v.shape), np.dtype(v.dtype)) for k, v in {**dout, **nd}.items()
+        }
         return self._outputs(progs, shapes, {})
 
     def jvp(self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]) -> Tree:
@@ -168,29 +180,31 @@ class JaxBackend(Backend):
             return _pick(progs.jvp_kept(res.data, tangents), of)
         return progs.jvp(*self._split(p), tangents, of=of)
 
-    def vjp(self, p: Point, res: Residual | None, cotangents: Tree,
-            wrt: tuple[str, ...]) -> Tree:
+    def vjp(self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]) -> Tree:
         progs = self.programs(p)
         if res is not None:
             return _pick(progs.backward(res.data, cotangents), wrt)
         return progs.vjp(*self._split(p), cotangents, wrt=wrt)
 
-    def batched_jvp(self, p: Point, res: Residual | None, tangents: Tree,
-                    of: tuple[str, ...]) -> Tree:
+    def batched_jvp(
+        self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]
+    ) -> Tree:
         progs = self.programs(p)
         if res is not None:
             return _pick(progs.batched_jvp_kept(res.data, tangents), of)
         return progs.batched_jvp(*self._split(p), tangents, of=of)
 
-    def batched_vjp(self, p: Point, res: Residual | None, cotangents: Tree,
-                    wrt: tuple[str, ...]) -> Tree:
+    def batched_vjp(
+        self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]
+    ) -> Tree:
         progs = self.programs(p)
         if res is not None:
             return _pick(progs.batched_backward(res.data, cotangents), wrt)
         return progs.batched_vjp(*self._split(p), cotangents, wrt=wrt)
 
-    def jacobian(self, p: Point, res: Residual | None, wrt: tuple[str, ...],
-                 of: tuple[str, ...]) -> Tree:
+    def jacobian(
+        self, p: Point, res: Residual | None, wrt: tuple[str, ...], of: tuple[str, ...]
+    ) -> Tree:
         progs = self.programs(p)
         d, c = self._split(p)
         if not progs.out_avals:
@@ -199,8 +213,9 @@ class JaxBackend(Backend):
         n_out = sum(int(np.prod(progs.out_avals[o].shape)) for o in of)
         return progs.jacobian(d, c, wrt=wrt, of=of, forward=n_in < n_out)
 
-    def hvp(self, p: Point, res: Residual | None, tangents: Tree, of: str,
-            wrt: tuple[str, ...]) -> Tree:
+    def hvp(
+        self, p: Point, res: Residual | None, tangents: Tree, of: str, wrt: tuple[str, ...]
+    ) -> Tree:
         return self.programs(p).hvp(*self._split(p), tangents, of=of, wrt=wrt)
 
 

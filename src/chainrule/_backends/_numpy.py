@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 Arrays = dict[str, np.ndarray]
 
 
+def _size(dim: Any, dims: Mapping[str, int]) -> int | None:
+    """The size of an output dimension known from the inputs, or None."""
+    if isinstance(dim, str):
+        return dims.get(dim)
+    return dim if isinstance(dim, int) else None
+
+
 class NumpyBackend(Backend):
     """Finite differences around the author's NumPy `apply`."""
 
@@ -36,8 +43,13 @@ class NumpyBackend(Backend):
     eval_shape_provenance = "named dimensions (else needs apply)"
     static_shapes = False  # NumPy code may return data-dependent shapes
 
-    def __init__(self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema],
-                 options: FiniteDifferences | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        inputs: type[Schema],
+        outputs: type[Schema],
+        options: FiniteDifferences | None = None,
+    ) -> None:
         super().__init__(fn, inputs, outputs)
         self.options = options or FiniteDifferences()
 
@@ -64,7 +76,7 @@ class NumpyBackend(Backend):
         why = None
         if specs is None or set(specs) != fields:
             why = "its outputs include non-array or variable-length fields"
-        elif any(not isinstance(p.dims.get(d, d), int) for s in specs.values() for d in s.shape):
+        elif any(_size(d, p.dims) is None for s in specs.values() for d in s.shape):
             why = "some output dimensions are free (None/...) or named but not set by the inputs"
         if why:
             raise EndpointUnavailableError(
@@ -72,9 +84,11 @@ class NumpyBackend(Backend):
                 "declare output shapes with fixed or named dimensions tied to the inputs "
                 "(e.g. Array[('n',), Float64]), or call apply"
             )
-        shapes = {k: ShapeDtype(tuple(p.dims.get(d, d) for d in s.shape), s.dtype)  # type: ignore[misc]
-                  for k, s in (specs or {}).items()}
-        return self.outputs.model_construct(**shapes)
+        shapes: dict[str, Any] = {
+            k: ShapeDtype(tuple(int(_size(d, p.dims) or 0) for d in s.shape), s.dtype)
+            for k, s in (specs or {}).items()
+        }
+        return self.outputs.model_construct(None, **shapes)
 
     # ---- finite differences ----------------------------------------------------------------
 
@@ -95,8 +109,9 @@ class NumpyBackend(Backend):
             return {o: np.asarray(out[o], dtype=np.float64) for o in of}
         return self._diff_out(p, {}, of)
 
-    def _directional(self, p: Point, path: str, t: np.ndarray, of: tuple[str, ...],
-                     base: Callable[[], Arrays]) -> Arrays:
+    def _directional(
+        self, p: Point, path: str, t: np.ndarray, of: tuple[str, ...], base: Callable[[], Arrays]
+    ) -> Arrays:
         """Derivative of the `of` outputs along tangent `t` of leaf `path` alone."""
         x = p.values[path]
         if x.dtype.kind == "c":
@@ -115,15 +130,18 @@ class NumpyBackend(Backend):
         minus = self._diff_out(p, {path: (x - h * t).astype(x.dtype)}, of)
         return {o: (plus[o] - minus[o]) / (2 * h) for o in of}
 
-    def _jvp(self, p: Point, tangents: Arrays, of: tuple[str, ...],
-             base: Callable[[], Arrays]) -> Arrays:
+    def _jvp(
+        self, p: Point, tangents: Arrays, of: tuple[str, ...], base: Callable[[], Arrays]
+    ) -> Arrays:
         total: Arrays | None = None
         for path, t in tangents.items():
             d = self._directional(p, path, t, of, base)
             total = d if total is None else {o: total[o] + d[o] for o in of}
         return total if total is not None else {o: np.zeros_like(v) for o, v in base().items()}
 
-    def _memo_base(self, p: Point, res: Residual | None, of: tuple[str, ...]) -> Callable[[], Arrays]:
+    def _memo_base(
+        self, p: Point, res: Residual | None, of: tuple[str, ...]
+    ) -> Callable[[], Arrays]:
         cache: dict[str, Arrays] = {}
 
         def base() -> Arrays:
@@ -136,21 +154,24 @@ class NumpyBackend(Backend):
     def jvp(self, p: Point, res: Residual | None, tangents: Arrays, of: tuple[str, ...]) -> Arrays:
         return self._jvp(p, tangents, of, self._memo_base(p, res, of))
 
-    def batched_jvp(self, p: Point, res: Residual | None, tangents: Arrays,
-                    of: tuple[str, ...]) -> Arrays:
+    def batched_jvp(
+        self, p: Point, res: Residual | None, tangents: Arrays, of: tuple[str, ...]
+    ) -> Arrays:
         base = self._memo_base(p, res, of)  # one base evaluation for every tangent
         size = len(next(iter(tangents.values()))) if tangents else 0
         rows = [self._jvp(p, {k: v[b] for k, v in tangents.items()}, of, base) for b in range(size)]
         return {o: np.stack([r[o] for r in rows]) for o in of} if rows else {}
 
-    def _column(self, p: Point, path: str, j: int, of: tuple[str, ...],
-                base: Callable[[], Arrays]) -> Arrays:
+    def _column(
+        self, p: Point, path: str, j: int, of: tuple[str, ...], base: Callable[[], Arrays]
+    ) -> Arrays:
         e = np.zeros(p.values[path].size, dtype=p.values[path].dtype)
         e[j] = 1.0
         return self._directional(p, path, e.reshape(p.values[path].shape), of, base)
 
-    def jacobian(self, p: Point, res: Residual | None, wrt: tuple[str, ...],
-                 of: tuple[str, ...]) -> dict[str, Arrays]:
+    def jacobian(
+        self, p: Point, res: Residual | None, wrt: tuple[str, ...], of: tuple[str, ...]
+    ) -> dict[str, Arrays]:
         key = ("jacobian", wrt, of)
         if res is not None and key in res.memo:
             memo: dict[str, Arrays] = res.memo[key]
@@ -162,20 +183,23 @@ class NumpyBackend(Backend):
             cols = [self._column(p, w, j, of, base) for j in range(math.prod(shape))]
             for o in of:
                 out_shape = base()[o].shape if not cols else cols[0][o].shape
-                stacked = np.stack([c[o] for c in cols], axis=-1) if cols else np.zeros(
-                    (*out_shape, 0))
+                stacked = (
+                    np.stack([c[o] for c in cols], axis=-1) if cols else np.zeros((*out_shape, 0))
+                )
                 jac[o][w] = stacked.reshape(out_shape + shape)
         if res is not None:
             res.memo[key] = jac
         return jac
 
-    def vjp(self, p: Point, res: Residual | None, cotangents: Arrays,
-            wrt: tuple[str, ...]) -> Arrays:
+    def vjp(
+        self, p: Point, res: Residual | None, cotangents: Arrays, wrt: tuple[str, ...]
+    ) -> Arrays:
         batched = {k: v[None] for k, v in cotangents.items()}
         return {k: v[0] for k, v in self.batched_vjp(p, res, batched, wrt).items()}
 
-    def batched_vjp(self, p: Point, res: Residual | None, cotangents: Arrays,
-                    wrt: tuple[str, ...]) -> Arrays:
+    def batched_vjp(
+        self, p: Point, res: Residual | None, cotangents: Arrays, wrt: tuple[str, ...]
+    ) -> Arrays:
         jac = self.jacobian(p, res, wrt, tuple(cotangents))  # one Jacobian for every cotangent
         size = len(next(iter(cotangents.values()))) if cotangents else 0
         out = {}

@@ -15,7 +15,7 @@ import torch.func as tf
 
 from .._errors import EndpointUnavailableError
 from .._residuals import Residual
-from .._schema import Schema, ShapeDtype, passthrough
+from .._schema import ShapeDtype, passthrough
 from .._tree import leaves, replace_leaves
 from . import Backend, as_outputs
 
@@ -23,13 +23,21 @@ if TYPE_CHECKING:
     from .._component import Point
 
 Tree = dict[str, Any]
+_vjp: Any = tf.vjp  # its stubs do not know has_aux's three results
 
 _DTYPES = {
     np.dtype(k): v
     for k, v in {
-        "float16": torch.float16, "float32": torch.float32, "float64": torch.float64,
-        "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
-        "uint8": torch.uint8, "bool": torch.bool, "complex64": torch.complex64,
+        "float16": torch.float16,
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "int8": torch.int8,
+        "int16": torch.int16,
+        "int32": torch.int32,
+        "int64": torch.int64,
+        "uint8": torch.uint8,
+        "bool": torch.bool,
+        "complex64": torch.complex64,
         "complex128": torch.complex128,
     }.items()
 }
@@ -69,7 +77,8 @@ class TorchBackend(Backend):
                 raw = self.fn(replace_leaves(p.inputs, {**d, **const}))
                 out = as_outputs(raw, self.outputs, p.component.name)
             box["template"] = out
-            dout, nd = {}, {}
+            dout: Tree = {}
+            nd: Tree = {}
             for leaf in leaves(out):
                 v = leaf.value if isinstance(leaf.value, torch.Tensor) else to_torch(leaf.value)
                 (dout if leaf.spec.differentiable else nd)[leaf.path] = v
@@ -96,15 +105,17 @@ class TorchBackend(Backend):
             with torch.no_grad():
                 dout, nd = f(d)
             return replace_leaves(box["template"], {**dout, **nd}), None
-        dout, pull, nd = tf.vjp(f, d, has_aux=True)
+        dout, pull, nd = _vjp(f, d, has_aux=True)
         out = replace_leaves(box["template"], {**dout, **nd})
         out_like = {k: v.detach() for k, v in dout.items()}
         nbytes = sum(int(v.nbytes) for v in {**d, **dout}.values())
         return out, Residual((pull, out_like, d), nbytes, out, p.values)
 
     def eval_shape(self, p: Point) -> Any:
-        meta = {k: torch.empty(v.shape, dtype=_DTYPES[v.dtype], device="meta")
-                for k, v in p.values.items()}
+        meta = {
+            k: torch.empty(v.shape, dtype=_DTYPES[v.dtype], device="meta")
+            for k, v in p.values.items()
+        }
         box: dict[str, Any] = {}
         try:
             with torch.no_grad():
@@ -115,8 +126,9 @@ class TorchBackend(Backend):
                 f"({type(e).__name__}: {e}); create tensors with device=x.device and avoid "
                 ".item()/.numpy() in apply, or call apply"
             ) from e
-        shapes = {k: ShapeDtype(tuple(v.shape), _NP_DTYPES[v.dtype]) for k, v in
-                  {**dout, **nd}.items()}
+        shapes = {
+            k: ShapeDtype(tuple(v.shape), _NP_DTYPES[v.dtype]) for k, v in {**dout, **nd}.items()
+        }
         return replace_leaves(box["template"], shapes)
 
     def _kept_vjp(self, res: Residual, ct: Tree) -> Tree:
@@ -134,37 +146,39 @@ class TorchBackend(Backend):
         # The jvp is the vjp of the (linear) kept pullback: no forward pass needed.
         pull, out_like, in_like = res.data
         zeros = {k: torch.zeros_like(v) for k, v in out_like.items()}
-        _, transpose = tf.vjp(lambda ct: pull(ct)[0], zeros)
+        _, transpose = _vjp(lambda ct: pull(ct)[0], zeros)
         return transpose(_fill(t, in_like))[0]
 
-    def vjp(self, p: Point, res: Residual | None, cotangents: Tree,
-            wrt: tuple[str, ...]) -> Tree:
+    def vjp(self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]) -> Tree:
         ct = {k: to_torch(v) for k, v in cotangents.items()}
         if res is not None:
             return _pick(self._kept_vjp(res, ct), wrt)
         g, primals = self._diff_fn(p, wrt)
-        out, pull = tf.vjp(g, primals)
+        out, pull = _vjp(g, primals)
         return pull(_fill(ct, out))[0]
 
-    def batched_jvp(self, p: Point, res: Residual | None, tangents: Tree,
-                    of: tuple[str, ...]) -> Tree:
+    def batched_jvp(
+        self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]
+    ) -> Tree:
         t = {k: to_torch(v) for k, v in tangents.items()}
         if res is not None:
             return _pick(tf.vmap(lambda u: self._kept_jvp(res, u))(t), of)
         g, primals = self._diff_fn(p, tuple(t))
         return _pick(tf.vmap(lambda u: tf.jvp(g, (primals,), (u,))[1])(t), of)
 
-    def batched_vjp(self, p: Point, res: Residual | None, cotangents: Tree,
-                    wrt: tuple[str, ...]) -> Tree:
+    def batched_vjp(
+        self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]
+    ) -> Tree:
         ct = {k: to_torch(v) for k, v in cotangents.items()}
         if res is not None:
             return _pick(tf.vmap(lambda u: self._kept_vjp(res, u))(ct), wrt)
         g, primals = self._diff_fn(p, wrt)
-        out, pull = tf.vjp(g, primals)
+        out, pull = _vjp(g, primals)
         return tf.vmap(lambda u: pull(_fill(u, out))[0])(ct)
 
-    def jacobian(self, p: Point, res: Residual | None, wrt: tuple[str, ...],
-                 of: tuple[str, ...]) -> Tree:
+    def jacobian(
+        self, p: Point, res: Residual | None, wrt: tuple[str, ...], of: tuple[str, ...]
+    ) -> Tree:
         g, primals = self._diff_fn(p, wrt)
         n_in = sum(v.numel() for v in primals.values())
         with torch.no_grad():
@@ -173,8 +187,9 @@ class TorchBackend(Backend):
         result: Tree = jac(lambda s: _pick(g(s), of))(primals)
         return result
 
-    def hvp(self, p: Point, res: Residual | None, tangents: Tree, of: str,
-            wrt: tuple[str, ...]) -> Tree:
+    def hvp(
+        self, p: Point, res: Residual | None, tangents: Tree, of: str, wrt: tuple[str, ...]
+    ) -> Tree:
         g, primals = self._diff_fn(p)
         t = _fill({k: to_torch(v) for k, v in tangents.items()}, primals)
         grad = tf.grad(lambda s: g(s)[of].reshape(()))
