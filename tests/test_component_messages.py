@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import CASES, build
 
 import chainrule as cr
+from cases import CASES, build
 
 MATRIX = CASES[1]
 
@@ -94,7 +94,9 @@ def test_wrong_outputs_are_output_validation_errors() -> None:
         bad = cr.component(
             lambda i: {"y": i.x[:1]}, inputs=In, outputs=Out, backend=backend, name="bad"
         )
-        with pytest.raises(cr.OutputValidationError, match=r"'n' is 3 in 'x' but 1 in 'y'"):
+        with pytest.raises(
+            cr.OutputValidationError, match=r"'n' is 3 in 'inputs.x' but 1 in 'outputs.y'"
+        ):
             bad.apply({"x": [1.0, 2.0, 3.0]})
         wrong = cr.component(lambda i: 3, inputs=In, outputs=Out, backend=backend, name="w")
         with pytest.raises(cr.OutputValidationError, match="returned int"):

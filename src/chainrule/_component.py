@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
@@ -38,29 +39,36 @@ __all__ = ["Component", "Point", "component"]
 Paths = str | Sequence[str] | None
 
 
+_INTERNAL_LOC = re.compile(r"^[a-z-]+\[.*\]$")  # pydantic's labels of union members
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(x) for x in loc if not _INTERNAL_LOC.match(str(x))) or "(root)"
+
+
 def format_pydantic(error: pydantic.ValidationError, what: str) -> tuple[str, list[dict[str, Any]]]:
     """One readable line per problem, naming the path, expected and got, plus structured detail."""
-    lines, details = [], []
+    lines: list[str] = []
+    details: list[dict[str, Any]] = []
     for err in error.errors():
-        path = ".".join(str(x) for x in err["loc"]) or "(root)"
+        path = _loc_path(err["loc"])
         kind, ctx = err["type"], err.get("ctx") or {}
+        expected, got = ctx.get("expected"), ctx.get("got")
         if kind == "missing":
             msg = f"'{path}' is required but missing; add it"
+            expected, got = "a value", "nothing"
         elif kind == "extra_forbidden":
             msg = f"'{path}' is not a field of this schema; remove it or check its spelling"
+            expected, got = "no such field", path
         else:
-            got = "" if "got" in ctx else f" (got {describe_value(err.get('input'))})"
-            msg = f"'{path}': {err['msg']}{got}"
-        lines.append(msg)
-        details.append(
-            {
-                "path": path,
-                "expected": ctx.get("expected"),
-                "got": ctx.get("got"),
-                "message": msg,
-                "type": kind,
-            }
-        )
+            shown = "" if "got" in ctx else f" (got {describe_value(err.get('input'))})"
+            msg = f"'{path}': {err['msg']}{shown}"
+            got = got if got is not None else describe_value(err.get("input"))
+        if msg not in lines:  # a union reports the same problem once per member
+            lines.append(msg)
+            details.append(
+                {"path": path, "expected": expected, "got": got, "message": msg, "type": kind}
+            )
     return f"{what}: " + "; ".join(lines), details
 
 
@@ -79,7 +87,8 @@ class Point:
         self.leaves = {leaf.path: leaf for leaf in _tree.leaves(inputs)}
         self.values: dict[str, Any] = {p: leaf.value for p, leaf in self.leaves.items()}
         self.diff = tuple(p for p, leaf in self.leaves.items() if leaf.spec.differentiable)
-        self.dims = _tree.bind_dims([list(self.leaves.values())], _validation_error)
+        fail = _prefixed(ValidationError, f"invalid inputs to component '{component.name}'")
+        self.dims = _tree.bind_dims([list(self.leaves.values())], fail)
         self.outputs: Schema | None = None  # filled when some endpoint had to run apply
 
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
@@ -96,12 +105,11 @@ class Point:
         return {p: tuple(leaves[p].value.shape) for p in paths}
 
 
-def _validation_error(message: str, errors: list[dict[str, Any]]) -> ValidationError:
-    return ValidationError(message, errors=errors)
+def _prefixed(cls: type[ChainruleError], what: str) -> Callable[..., ChainruleError]:
+    def fail(message: str, errors: list[dict[str, Any]]) -> ChainruleError:
+        return cls(f"{what}: {message}", errors=errors)
 
-
-def _output_error(message: str, errors: list[dict[str, Any]]) -> OutputValidationError:
-    return OutputValidationError(message, errors=errors)
+    return fail
 
 
 class Component:
@@ -209,8 +217,15 @@ class Component:
             inputs = inputs.model_dump()
         if not isinstance(inputs, self.inputs | Mapping):
             raise ValidationError(
-                f"{self.name}: inputs must be a dict or {self.inputs.__name__}, "
-                f"got {type(inputs).__name__}"
+                f"invalid inputs to component '{self.name}': expected a dict or "
+                f"{self.inputs.__name__}, got {type(inputs).__name__}",
+                errors=[
+                    {
+                        "path": "(root)",
+                        "expected": f"dict or {self.inputs.__name__}",
+                        "got": type(inputs).__name__,
+                    }
+                ],
             )
         try:
             return Point(self, self.inputs.model_validate(inputs))
@@ -329,8 +344,11 @@ class Component:
         except pydantic.ValidationError as e:
             message, errors = format_pydantic(e, f"component '{self.name}' returned bad outputs")
             raise OutputValidationError(message, errors=errors) from None
-        groups = [list(p.leaves.values()), _tree.leaves(out)]
-        _tree.bind_dims(groups, _output_error)
+        # Label the two sides so a mismatch says which field is an input and which an output.
+        ins = [_tree.Leaf(f"inputs.{x.path}", x.spec, x.value) for x in p.leaves.values()]
+        outs = [_tree.Leaf(f"outputs.{x.path}", x.spec, x.value) for x in _tree.leaves(out)]
+        what = f"component '{self.name}' returned bad outputs"
+        _tree.bind_dims([ins, outs], _prefixed(OutputValidationError, what))
         return out
 
     # ---- running ---------------------------------------------------------------------------

@@ -9,7 +9,10 @@ ChainruleError
 ├── EndpointUnavailableError     the component cannot provide this endpoint
 ├── ComponentError               the component's own code raised, or returned bad outputs
 │   └── OutputValidationError    the outputs do not match the output schema
-└── SchemaDefinitionError        a schema class itself is malformed (raised at definition)
+├── SchemaDefinitionError        a schema class itself is malformed (raised at definition)
+├── TransportError               a remote component could not be reached or answered badly
+│   └── AuthenticationError      the server refused the bearer token
+└── LaunchError                  a component's environment or server could not be started
 ```
 
 Every error carries a message that says what happened, expected vs got, the field path and
@@ -22,12 +25,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ChainruleError",
     "ComponentError",
     "EndpointUnavailableError",
+    "LaunchError",
     "NotDifferentiableError",
     "OutputValidationError",
     "SchemaDefinitionError",
+    "TransportError",
     "UnknownPathError",
     "ValidationError",
     "WireFormatError",
@@ -88,6 +94,18 @@ class SchemaDefinitionError(ChainruleError, TypeError):
     """A schema or component definition is malformed (raised when it is defined)."""
 
 
+class TransportError(ChainruleError, ConnectionError):
+    """A remote component could not be reached, timed out, or sent an unreadable answer."""
+
+
+class AuthenticationError(TransportError):
+    """The server refused the request's bearer token (HTTP 401)."""
+
+
+class LaunchError(ChainruleError, RuntimeError):
+    """A component's environment could not be built, or its server did not start."""
+
+
 _CLASSES: dict[str, type[ChainruleError]] = {
     cls.__name__: cls
     for cls in (
@@ -100,6 +118,9 @@ _CLASSES: dict[str, type[ChainruleError]] = {
         ComponentError,
         OutputValidationError,
         SchemaDefinitionError,
+        TransportError,
+        AuthenticationError,
+        LaunchError,
     )
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from types import EllipsisType
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -56,6 +56,7 @@ Complex64 = np.dtype("complex64")
 Complex128 = np.dtype("complex128")
 
 Dim = int | str | None | EllipsisType
+Casting = Literal["safe", "same_kind", "unsafe"]
 _CASTINGS = ("safe", "same_kind", "unsafe")
 
 # While a backend traces the author's function, schema models are built from framework arrays
@@ -104,7 +105,7 @@ class ArraySpec:
     shape: tuple[Dim, ...]
     dtype: np.dtype
     differentiable: bool = False
-    casting: str = "safe"
+    casting: Casting = "safe"
 
     def __str__(self) -> str:
         return f"{self.dtype.name}[{','.join(_dim_str(d) for d in self.shape)}]"
@@ -143,27 +144,49 @@ class ArraySpec:
             self.check_shape(tuple(value.shape), value)
             return value
         arr, weak = _as_numpy(value, self)
+        if arr.dtype.name == "bfloat16":  # jax's (ml_dtypes) bfloat16: float32 holds it exactly
+            arr = arr.astype(np.float32)
         if arr.dtype != self.dtype:
             arr = self._cast(arr, weak)
         self.check_shape(arr.shape, arr)
         return arr
 
     def _cast(self, arr: np.ndarray, weak: bool) -> np.ndarray:
-        # Python scalars and lists are weakly typed (as in JAX): same-kind casts are fine.
-        casting = "same_kind" if weak and self.casting == "safe" else self.casting
-        if arr.dtype.kind in "OUSV" or not np.can_cast(arr.dtype, self.dtype, casting):
+        # Python scalars and lists are weakly typed (as in JAX): they may move to any dtype of
+        # the same or a wider kind (bool -> int/uint -> float -> complex) if their values fit.
+        numeric = arr.dtype.kind in _KINDS
+        ok = numeric and (
+            np.can_cast(arr.dtype, self.dtype, self.casting) or (weak and _weak_ok(arr, self.dtype))
+        )
+        if not ok:
+            raise self._dtype_error(arr, weak)
+        with np.errstate(all="ignore"):  # overflow is reported below, not as a warning
+            out = arr.astype(self.dtype)
+        if weak and self.casting != "unsafe" and not _values_fit(arr, out):
             raise PydanticCustomError(
                 "chainrule_dtype",
-                "expected {expected}, got {got}: {why}; convert it first (e.g. "
-                "x.astype('{dtype}')) or declare the field as Array[..., {dtype}, 'same_kind']",
-                {
-                    "expected": str(self),
-                    "got": describe_value(arr),
-                    "why": f"{arr.dtype.name} -> {self.dtype.name} is not a {casting} cast",
-                    "dtype": self.dtype.name,
-                },
+                "expected {expected}, got {got}: some values do not fit in {dtype}",
+                {"expected": str(self), "got": describe_value(arr), "dtype": self.dtype.name},
             )
-        return arr.astype(self.dtype)
+        return out
+
+    def _dtype_error(self, arr: np.ndarray, weak: bool) -> PydanticCustomError:
+        ctx = {"expected": str(self), "got": describe_value(arr), "dtype": self.dtype.name}
+        if arr.dtype.kind not in _KINDS:
+            why = f"{arr.dtype.name} values are not numbers"
+            return PydanticCustomError(
+                "chainrule_dtype", "expected {expected}, got {got}: {why}", {**ctx, "why": why}
+            )
+        # The casting rule that would accept it ('same_kind' or 'unsafe'), to suggest as a fix.
+        fix = "same_kind" if np.can_cast(arr.dtype, self.dtype, "same_kind") else "unsafe"
+        rule = "a cast allowed for Python numbers" if weak else f"a {self.casting} cast"
+        why = f"{arr.dtype.name} -> {self.dtype.name} is not {rule}"
+        return PydanticCustomError(
+            "chainrule_dtype",
+            "expected {expected}, got {got}: {why}; convert it first (e.g. "
+            "x.astype('{dtype}')) or declare the field as Array[..., {dtype}, '{fix}']",
+            {**ctx, "why": why, "fix": fix},
+        )
 
     def check_shape(self, shape: tuple[int, ...], value: Any) -> None:
         """Raise unless `shape` fits this spec (fixed dims, rank, repeated names)."""
@@ -177,6 +200,22 @@ class ArraySpec:
     def bind(self, shape: tuple[int, ...]) -> dict[str, int]:
         """Sizes of the named dimensions in `shape` (assumes `check_shape` passed)."""
         return {d: s for d, s in _align(self.shape, shape) if isinstance(d, str)}
+
+
+# Numeric dtype kinds, ranked in the order weakly typed values (Python numbers) may widen.
+_KINDS = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}
+
+
+def _weak_ok(arr: np.ndarray, dtype: np.dtype) -> bool:
+    # An empty list has no dtype of its own (numpy says float64).
+    return arr.size == 0 or _KINDS[arr.dtype.kind] <= _KINDS.get(dtype.kind, -1)
+
+
+def _values_fit(arr: np.ndarray, out: np.ndarray) -> bool:
+    """Whether a weak cast kept every value (ints in range, floats finite where they were)."""
+    if out.dtype.kind in "biu":
+        return bool(np.array_equal(arr, out))
+    return bool(np.array_equal(np.isinf(arr), np.isinf(out)))
 
 
 def _align(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> list[tuple[Dim, int]]:
@@ -202,8 +241,10 @@ def _shape_matches(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
 
 
 def _is_framework_array(value: Any) -> bool:
-    return not isinstance(value, np.ndarray | np.generic) and hasattr(value, "shape") and (
-        hasattr(value, "dtype")
+    return (
+        not isinstance(value, np.ndarray | np.generic)
+        and hasattr(value, "shape")
+        and hasattr(value, "dtype")
     )
 
 
@@ -214,7 +255,7 @@ def _as_numpy(value: Any, spec: ArraySpec) -> tuple[np.ndarray, bool]:
     if isinstance(value, np.generic):
         return np.asarray(value), False
     if type(value).__module__.startswith("torch"):
-        return value.detach().cpu().resolve_conj().numpy(), False
+        return _torch_numpy(value, spec), False
     if hasattr(value, "__array__"):
         return np.asarray(value), False
     if isinstance(value, bool | int | float | complex | list | tuple):
@@ -233,6 +274,20 @@ def _as_numpy(value: Any, spec: ArraySpec) -> tuple[np.ndarray, bool]:
     )
 
 
+def _torch_numpy(tensor: Any, spec: ArraySpec) -> np.ndarray:
+    tensor = tensor.detach().cpu().resolve_conj()
+    if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
+        tensor = tensor.float()
+    try:
+        return np.asarray(tensor.numpy())
+    except TypeError as e:  # float8 and other dtypes numpy lacks
+        raise PydanticCustomError(
+            "chainrule_dtype",
+            "expected {expected}, got {got}: numpy has no such dtype; convert it first",
+            {"expected": str(spec), "got": describe_value(tensor)},
+        ) from e
+
+
 def _to_jsonable(value: Any) -> Any:
     return np.asarray(value).tolist()
 
@@ -246,7 +301,7 @@ def _parse_shape(shape: Any) -> tuple[Dim, ...]:
             "Array[(n,), dtype] for 1-d (note the comma) or Array[..., dtype] for any rank"
         )
     for d in shape:
-        ok = d is None or d is Ellipsis or isinstance(d, str) or type(d) is int and d >= 0
+        ok = d is None or d is Ellipsis or isinstance(d, str) or (type(d) is int and d >= 0)
         if not ok:
             raise SchemaDefinitionError(
                 f"Array dimension {d!r} is not valid: use an int >= 0, None (free), a name "
@@ -255,6 +310,19 @@ def _parse_shape(shape: Any) -> tuple[Dim, ...]:
     if shape.count(Ellipsis) > 1:
         raise SchemaDefinitionError(f"Array shape {shape!r} has more than one '...'")
     return shape
+
+
+def _parse_dtype(dtype: Any) -> np.dtype:
+    try:
+        parsed = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.kind not in _KINDS:
+        raise SchemaDefinitionError(
+            f"Array dtype {dtype!r} is not a numeric dtype; use one of chainrule's Float16/32/64, "
+            "Int8/16/32/64, UInt8, Bool, Complex64/128 (or another numpy numeric dtype)"
+        )
+    return parsed
 
 
 class Array:
@@ -275,8 +343,8 @@ class Array:
             raise SchemaDefinitionError(
                 f"write Array[shape, dtype] or Array[shape, dtype, casting], got Array[{item!r}]"
             )
-        shape, dtype = _parse_shape(item[0]), np.dtype(item[1])
-        casting = item[2] if len(item) == 3 else "safe"
+        shape, dtype = _parse_shape(item[0]), _parse_dtype(item[1])
+        casting: Casting = item[2] if len(item) == 3 else "safe"
         if casting not in _CASTINGS:
             raise SchemaDefinitionError(f"casting must be one of {_CASTINGS}, got {casting!r}")
         return Annotated[np.ndarray, ArraySpec(shape, dtype, casting=casting)]

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ._errors import UnknownPathError, ValidationError
-from ._schema import ArraySpec, array_spec, describe_value
+from ._schema import ArraySpec, _shape_matches, array_spec, describe_value
 
 __all__ = [
     "Leaf",
@@ -54,17 +54,20 @@ def _field_annotation(model: type[BaseModel], name: str) -> Any:
     return Annotated[np.ndarray, spec] if spec else info.annotation
 
 
-def _item_annotation(annotation: Any, value: Any) -> Any:
-    """Annotation of the items of a list/tuple/dict annotation (Any when unknown)."""
+def _item_annotation(annotation: Any, value: Any, index: int = 0) -> Any:
+    """Annotation of item `index` of a list/tuple/dict annotation (Any when unknown)."""
     args = get_args(annotation)
     if isinstance(value, dict):
         return args[1] if len(args) == 2 else Any
+    if get_origin(annotation) is tuple and Ellipsis not in args:  # tuple[A, B]: one per item
+        return args[index] if index < len(args) else Any
     return args[0] if args else Any
 
 
 def _pick_union_arm(annotation: Any, value: Any) -> Any:
     for arm in get_args(annotation):
-        if array_spec(arm) is not None and hasattr(value, "shape"):
+        spec = array_spec(arm)
+        if spec is not None and hasattr(value, "shape") and _fits(spec, value):
             return arm
         if isinstance(arm, type) and isinstance(value, arm):
             return arm
@@ -73,9 +76,18 @@ def _pick_union_arm(annotation: Any, value: Any) -> Any:
     return Any
 
 
-def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
+def _resolve_union(annotation: Any, value: Any) -> Any:
     if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        annotation = _pick_union_arm(annotation, value)
+        return _pick_union_arm(annotation, value)
+    return annotation
+
+
+def _fits(spec: ArraySpec, value: Any) -> bool:
+    return _shape_matches(spec.shape, tuple(value.shape))
+
+
+def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
+    annotation = _resolve_union(annotation, value)
     spec = array_spec(annotation)
     if spec is not None and value is not None:
         yield Leaf(path, spec, value)
@@ -85,7 +97,7 @@ def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
             yield from _walk(getattr(value, name), ann, _join(path, name))
     elif isinstance(value, list | tuple) and _has_arrays(annotation):
         for i, item in enumerate(value):
-            yield from _walk(item, _item_annotation(annotation, value), _join(path, i))
+            yield from _walk(item, _item_annotation(annotation, value, i), _join(path, i))
     elif isinstance(value, dict) and _has_arrays(annotation):
         for key, item in value.items():
             _check_key(key, path)
@@ -119,7 +131,9 @@ def leaves(instance: BaseModel) -> list[Leaf]:
 
 def static_values(instance: BaseModel) -> list[tuple[str, Any]]:
     """(path, value) of every non-array value of `instance`."""
-    return [(x.path, x.value) for x in _walk(instance, type(instance), "") if isinstance(x, _Static)]
+    return [
+        (x.path, x.value) for x in _walk(instance, type(instance), "") if isinstance(x, _Static)
+    ]
 
 
 def _frozen(value: Any) -> Any:
@@ -160,16 +174,20 @@ def replace_leaves(instance: BaseModel, new: Mapping[str, Any]) -> BaseModel:
 def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any]) -> Any:
     if path in new:
         return new[path]
+    annotation = _resolve_union(annotation, value)
     if isinstance(value, BaseModel):
         fields = {
-            name: _rebuild(getattr(value, name), _field_annotation(type(value), name),
-                           _join(path, name), new)
+            name: _rebuild(
+                getattr(value, name), _field_annotation(type(value), name), _join(path, name), new
+            )
             for name in type(value).model_fields
         }
         return type(value).model_construct(_fields_set=value.model_fields_set, **fields)
     if isinstance(value, list | tuple) and _has_arrays(annotation):
-        item = _item_annotation(annotation, value)
-        return type(value)(_rebuild(v, item, _join(path, i), new) for i, v in enumerate(value))
+        return type(value)(
+            _rebuild(v, _item_annotation(annotation, value, i), _join(path, i), new)
+            for i, v in enumerate(value)
+        )
     if isinstance(value, dict) and _has_arrays(annotation):
         item = _item_annotation(annotation, value)
         return {k: _rebuild(v, item, _join(path, k), new) for k, v in value.items()}
