@@ -4,17 +4,23 @@ Wrap simulators, solvers and models written in JAX, PyTorch or NumPy as typed, d
 components, and compose them into pipelines whose gradients flow end to end.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._backends import FiniteDifferences
 from ._check import GradientReport, check_gradients
+from ._client import connect
 from ._component import Component, component
 from ._endpoints import ENDPOINTS
 from ._errors import (
+    AuthenticationError,
     ChainruleError,
     ComponentError,
     EndpointUnavailableError,
+    LaunchError,
     NotDifferentiableError,
     OutputValidationError,
     SchemaDefinitionError,
+    TransportError,
     UnknownPathError,
     ValidationError,
     WireFormatError,
@@ -39,12 +45,41 @@ from ._schema import (
     UInt8,
 )
 
+if TYPE_CHECKING:
+    from ._server import ServerSettings, create_app
+    from ._serving import Server, serve
+
 __version__ = "0.1.0"
+
+# Serving needs fastapi and uvicorn (the `serve` extra): import those only when asked for.
+_LAZY = {
+    "serve": "._serving",
+    "Server": "._serving",
+    "ServerSettings": "._server",
+    "create_app": "._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        try:
+            module = importlib.import_module(_LAZY[name], __name__)
+        except ModuleNotFoundError as e:
+            raise ImportError(
+                f"chainrule.{name} needs {e.name}, which is not installed; "
+                "pip install 'chainrule[serve]'"
+            ) from e
+        return getattr(module, name)
+    raise AttributeError(f"module 'chainrule' has no attribute {name!r}")
+
 
 __all__ = [
     "ENDPOINTS",
     "Array",
     "ArraySpec",
+    "AuthenticationError",
     "Bool",
     "ChainruleError",
     "Complex64",
@@ -63,12 +98,16 @@ __all__ = [
     "Int16",
     "Int32",
     "Int64",
+    "LaunchError",
     "NotDifferentiableError",
     "OutputValidationError",
     "ResidualCache",
     "Schema",
     "SchemaDefinitionError",
+    "Server",
+    "ServerSettings",
     "ShapeDtype",
+    "TransportError",
     "UInt8",
     "UnknownPathError",
     "ValidationError",
@@ -76,4 +115,7 @@ __all__ = [
     "__version__",
     "check_gradients",
     "component",
+    "connect",
+    "create_app",
+    "serve",
 ]

@@ -125,7 +125,7 @@ class Component:
         *,
         inputs: type[Schema],
         outputs: type[Schema],
-        backend: str | FiniteDifferences = "jax",
+        backend: str | FiniteDifferences | Backend = "jax",
         name: str | None = None,
         residual_bytes: int = 256 * 2**20,
     ) -> None:
@@ -158,7 +158,7 @@ class Component:
         """Chosen implementation of each endpoint (recomputed when the author adds one)."""
         if self._impls is None:
             sources = {
-                n: Impl(self.backend.endpoint(n), self.backend.provenance, self.backend.cost)
+                n: Impl(self.backend.endpoint(n), self.backend.provenance_of(n), self.backend.cost)
                 for n in self.backend.native
             }
             sources.update(
@@ -170,7 +170,10 @@ class Component:
     @property
     def endpoints(self) -> dict[str, str]:
         """`{endpoint: provenance}` for every endpoint this component offers."""
-        base = {"apply": "native", "eval_shape": self.backend.eval_shape_provenance}
+        base = {
+            "apply": self.backend.provenance_of("apply"),
+            "eval_shape": self.backend.eval_shape_provenance,
+        }
         return base | {n: self.impls[n].provenance for n in DERIVATIVES if n in self.impls}
 
     def define(self, endpoint: str, fn: Callable[..., Any]) -> Callable[..., Any]:

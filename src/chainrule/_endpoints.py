@@ -32,7 +32,7 @@ ImplFn = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One row of the endpoint table: its name, request keywords and what it returns."""
+    """One row of the endpoint table: its name, request keywords (besides `inputs`), result."""
 
     name: str
     request: tuple[str, ...]
@@ -42,13 +42,13 @@ class Endpoint:
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e
     for e in (
-        Endpoint("apply", (), "the outputs (validated output schema instance)"),
+        Endpoint("apply", ("keep",), "the outputs (validated output schema instance)"),
         Endpoint("eval_shape", (), "the outputs with ShapeDtype in place of arrays"),
-        Endpoint("jvp", ("tangents", "of"), "{output path: J·t}"),
-        Endpoint("vjp", ("cotangents", "wrt"), "{input path: Jᵀ·c}"),
-        Endpoint("jacobian", ("wrt", "of"), "{output path: {input path: ∂out/∂in}}"),
-        Endpoint("batched_jvp", ("tangents", "of"), "{output path: J·t[b] stacked on axis 0}"),
-        Endpoint("batched_vjp", ("cotangents", "wrt"), "{input path: Jᵀ·c[b] stacked on axis 0}"),
+        Endpoint("jvp", ("tangents", "of", "handle"), "{output path: J·t}"),
+        Endpoint("vjp", ("cotangents", "wrt", "handle"), "{input path: Jᵀ·c}"),
+        Endpoint("jacobian", ("wrt", "of", "handle"), "{output path: {input path: ∂out/∂in}}"),
+        Endpoint("batched_jvp", ("tangents", "of", "handle"), "{output path: J·t[b] on axis 0}"),
+        Endpoint("batched_vjp", ("cotangents", "wrt", "handle"), "{input path: Jᵀ·c[b] on axis 0}"),
         Endpoint("hvp", ("tangents", "of", "wrt"), "{input path: H·t} of the scalar output `of`"),
     )
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Residual:
     outputs: Any
     point: Mapping[str, Any]
     memo: dict[Any, Any] = field(default_factory=dict)  # e.g. a finite-difference Jacobian
+    created: float = field(default_factory=time.monotonic)
 
 
 def _same_point(kept: Mapping[str, Any], given: Mapping[str, Any]) -> bool:
@@ -57,11 +59,16 @@ class ResidualCache:
     Arguments:
         max_bytes: total size of kept residuals; the least recently used go first.
         max_entries: bound on the number of handles, whatever their size.
+        ttl: seconds a residual is kept at most (None: until evicted); servers set it so
+            handles that clients never use again do not linger.
     """
 
-    def __init__(self, max_bytes: int = 256 * 2**20, max_entries: int = 1024) -> None:
+    def __init__(
+        self, max_bytes: int = 256 * 2**20, max_entries: int = 1024, ttl: float | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
+        self.ttl = ttl
         self._entries: OrderedDict[str, Residual] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
@@ -79,6 +86,12 @@ class ResidualCache:
         return handle
 
     def _evict(self) -> None:
+        if self.ttl is not None:
+            deadline = time.monotonic() - self.ttl
+            while self._entries and next(iter(self._entries.values())).created < deadline:
+                _, old = self._entries.popitem(last=False)
+                self.nbytes -= old.nbytes
+                self.evictions += 1
         while self._entries and (
             self.nbytes > self.max_bytes or len(self._entries) > self.max_entries
         ):
@@ -91,6 +104,7 @@ class ResidualCache:
         if handle is None:
             return None
         with self._lock:
+            self._evict()
             residual = self._entries.get(handle.id)
             if residual is None or not _same_point(residual.point, point):
                 self.misses += 1

@@ -131,8 +131,8 @@ class ArraySpec:
             "title": str(self),
             "description": "array (nested lists, or an encoded array on the wire)",
             "x-chainrule-array": {
-                "shape": [None if d is Ellipsis else d for d in self.shape],
-                "ellipsis": Ellipsis in self.shape,
+                # `...` is spelled "..." so a client can rebuild the exact pattern.
+                "shape": ["..." if d is Ellipsis else d for d in self.shape],
                 "dtype": self.dtype.name,
                 "differentiable": self.differentiable,
             },

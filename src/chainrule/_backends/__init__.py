@@ -65,6 +65,10 @@ class Backend(ABC):
         self.inputs = inputs
         self.outputs = outputs
 
+    def provenance_of(self, name: str) -> str:
+        """Where native endpoint `name` comes from (shown by `Component.endpoints`)."""
+        return "native" if name == "apply" else self.provenance
+
     def endpoint(self, name: str) -> Callable[..., Any]:
         """The bound method implementing native endpoint `name` (declared in `native`)."""
         if name not in self.native:
@@ -105,12 +109,14 @@ _EXTRAS = {"jax": "jax", "torch": "torch"}
 
 
 def load_backend(
-    spec: str | FiniteDifferences,
+    spec: str | FiniteDifferences | Backend,
     fn: Callable[[Any], Any],
     inputs: type[Schema],
     outputs: type[Schema],
 ) -> Backend:
     """Instantiate the backend named by `spec`, importing its framework only now."""
+    if isinstance(spec, Backend):
+        return spec
     if isinstance(spec, FiniteDifferences):
         from ._numpy import NumpyBackend
 
