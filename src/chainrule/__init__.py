@@ -11,6 +11,7 @@ from ._check import GradientReport, check_gradients
 from ._client import connect
 from ._component import Component, component
 from ._endpoints import ENDPOINTS
+from ._env import ComponentSpec, build_env, load_spec
 from ._errors import (
     AuthenticationError,
     ChainruleError,
@@ -25,6 +26,7 @@ from ._errors import (
     ValidationError,
     WireFormatError,
 )
+from ._launch import Launched, launch
 from ._residuals import Handle, ResidualCache
 from ._schema import (
     Array,
@@ -86,6 +88,7 @@ __all__ = [
     "Complex128",
     "Component",
     "ComponentError",
+    "ComponentSpec",
     "Differentiable",
     "EndpointUnavailableError",
     "FiniteDifferences",
@@ -99,6 +102,7 @@ __all__ = [
     "Int32",
     "Int64",
     "LaunchError",
+    "Launched",
     "NotDifferentiableError",
     "OutputValidationError",
     "ResidualCache",
@@ -113,9 +117,12 @@ __all__ = [
     "ValidationError",
     "WireFormatError",
     "__version__",
+    "build_env",
     "check_gradients",
     "component",
     "connect",
     "create_app",
+    "launch",
+    "load_spec",
     "serve",
 ]

@@ -8,6 +8,7 @@ path) and numpy tangents/cotangents, then dispatch to the implementation chosen 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import re
 from collections import Counter, OrderedDict
@@ -90,6 +91,11 @@ class Point:
         fail = _prefixed(ValidationError, f"invalid inputs to component '{component.name}'")
         self.dims = _tree.bind_dims([list(self.leaves.values())], fail)
         self.outputs: Schema | None = None  # filled when some endpoint had to run apply
+
+    @functools.cached_property
+    def signature(self) -> tuple[Any, ...]:
+        """Static values, shapes and dtypes of the inputs (the key of compiled programs)."""
+        return _tree.signature(self.inputs)
 
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
@@ -383,7 +389,7 @@ class Component:
         return out, residual
 
     def _remember_shapes(self, p: Point, out: Schema) -> None:
-        key = _tree.signature(p.inputs)
+        key = p.signature
         if key not in self._shapes:
             shapes = {
                 x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)
@@ -396,7 +402,7 @@ class Component:
         """Output shapes without running apply, or None when that needs apply."""
         if not self.backend.cheap_eval_shape:
             return None
-        key = _tree.signature(p.inputs) if self.backend.static_shapes else None
+        key = p.signature if self.backend.static_shapes else None
         if key in self._shapes:
             return self._shapes[key]
         with contextlib.suppress(EndpointUnavailableError):
@@ -545,6 +551,11 @@ class Component:
     def release(self, handle: Handle) -> None:
         """Drop a kept linearization now."""
         self.residuals.release(handle)
+
+    def close(self) -> None:
+        """Release open resources (a remote component's connections); calls still work after,
+        reconnecting as needed."""
+        self.backend.close()
 
 
 def _bound(shape: tuple[Any, ...], dims: Mapping[str, int]) -> tuple[Any, ...]:

@@ -7,6 +7,7 @@ wire format, the backends and the bindings agree on what a path means.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -48,10 +49,37 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _cached(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Memoize a function of an annotation (walks run on every call; annotations repeat)."""
+    memo: dict[Any, Any] = {}
+
+    def wrapper(annotation: Any) -> Any:
+        try:
+            return memo[annotation]
+        except KeyError:
+            result = memo[annotation] = fn(annotation)
+            return result
+        except TypeError:  # an unhashable annotation: compute every time
+            return fn(annotation)
+
+    return wrapper
+
+
 def _field_annotation(model: type[BaseModel], name: str) -> Any:
-    info = model.model_fields[name]
-    spec = array_spec(info.annotation, info.metadata)
-    return Annotated[np.ndarray, spec] if spec else info.annotation
+    return _fields(model)[name]
+
+
+@functools.cache
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """Each field's annotation, with an array field's spec folded back into `Annotated`."""
+    out = {}
+    for name, info in model.model_fields.items():
+        spec = array_spec(info.annotation, info.metadata)
+        out[name] = Annotated[np.ndarray, spec] if spec else info.annotation
+    return out
+
+
+_spec = _cached(array_spec)
 
 
 def _item_annotation(annotation: Any, value: Any, index: int = 0) -> Any:
@@ -76,10 +104,13 @@ def _pick_union_arm(annotation: Any, value: Any) -> Any:
     return Any
 
 
+@_cached
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) is Union or type(annotation).__name__ == "UnionType"
+
+
 def _resolve_union(annotation: Any, value: Any) -> Any:
-    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        return _pick_union_arm(annotation, value)
-    return annotation
+    return _pick_union_arm(annotation, value) if _is_union(annotation) else annotation
 
 
 def _fits(spec: ArraySpec, value: Any) -> bool:
@@ -88,12 +119,11 @@ def _fits(spec: ArraySpec, value: Any) -> bool:
 
 def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
     annotation = _resolve_union(annotation, value)
-    spec = array_spec(annotation)
+    spec = _spec(annotation)
     if spec is not None and value is not None:
         yield Leaf(path, spec, value)
     elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            ann = _field_annotation(type(value), name)
+        for name, ann in _fields(type(value)).items():
             yield from _walk(getattr(value, name), ann, _join(path, name))
     elif isinstance(value, list | tuple) and _has_arrays(annotation):
         for i, item in enumerate(value):
@@ -106,6 +136,7 @@ def _walk(value: Any, annotation: Any, path: str) -> Iterator[Leaf | _Static]:
         yield _Static(path, value)
 
 
+@_cached
 def _has_arrays(annotation: Any) -> bool:
     """Whether a container annotation can hold arrays or models (else it is one static value)."""
     if array_spec(annotation) is not None:
@@ -152,7 +183,7 @@ def signature(instance: BaseModel) -> tuple[Any, ...]:
     out: list[Any] = []
     for x in _walk(instance, type(instance), ""):
         if isinstance(x, Leaf):
-            out.append((x.path, tuple(x.value.shape), str(x.value.dtype)))
+            out.append((x.path, tuple(x.value.shape), x.value.dtype))
         else:
             out.append((x.path, type(x.value).__name__, _frozen(x.value)))
     return tuple(out)
@@ -163,34 +194,35 @@ def replace_leaves(instance: BaseModel, new: Mapping[str, Any]) -> BaseModel:
 
     Used to hand framework arrays (tracers, tensors) to the author's function.
     """
-    unknown = set(new) - {leaf.path for leaf in leaves(instance)}
-    if unknown:
+    used: set[str] = set()
+    out = _rebuild(instance, type(instance), "", new, used)
+    if len(used) != len(new):
         raise UnknownPathError(
-            f"no array leaf at {sorted(unknown)}; leaves are {[x.path for x in leaves(instance)]}"
+            f"no array leaf at {sorted(set(new) - used)}; leaves are "
+            f"{[x.path for x in leaves(instance)]}"
         )
-    return _rebuild(instance, type(instance), "", new)
+    return out  # type: ignore[no-any-return]
 
 
-def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any]) -> Any:
-    if path in new:
-        return new[path]
+def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any], used: set[str]) -> Any:
     annotation = _resolve_union(annotation, value)
+    if path in new and _spec(annotation) is not None and value is not None:
+        used.add(path)
+        return new[path]
     if isinstance(value, BaseModel):
         fields = {
-            name: _rebuild(
-                getattr(value, name), _field_annotation(type(value), name), _join(path, name), new
-            )
-            for name in type(value).model_fields
+            name: _rebuild(getattr(value, name), ann, _join(path, name), new, used)
+            for name, ann in _fields(type(value)).items()
         }
         return type(value).model_construct(_fields_set=value.model_fields_set, **fields)
     if isinstance(value, list | tuple) and _has_arrays(annotation):
         return type(value)(
-            _rebuild(v, _item_annotation(annotation, value, i), _join(path, i), new)
+            _rebuild(v, _item_annotation(annotation, value, i), _join(path, i), new, used)
             for i, v in enumerate(value)
         )
     if isinstance(value, dict) and _has_arrays(annotation):
         item = _item_annotation(annotation, value)
-        return {k: _rebuild(v, item, _join(path, k), new) for k, v in value.items()}
+        return {k: _rebuild(v, item, _join(path, k), new, used) for k, v in value.items()}
     return value
 
 

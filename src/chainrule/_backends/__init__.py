@@ -69,6 +69,9 @@ class Backend(ABC):
         """Where native endpoint `name` comes from (shown by `Component.endpoints`)."""
         return "native" if name == "apply" else self.provenance
 
+    def close(self) -> None:
+        """Release what the backend holds open (connections of a remote backend)."""
+
     def endpoint(self, name: str) -> Callable[..., Any]:
         """The bound method implementing native endpoint `name` (declared in `native`)."""
         if name not in self.native:

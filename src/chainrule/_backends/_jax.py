@@ -16,7 +16,7 @@ import numpy as np
 
 from .._residuals import Residual
 from .._schema import Schema, ShapeDtype, passthrough
-from .._tree import leaves, replace_leaves, signature
+from .._tree import leaves, replace_leaves
 from . import Backend, as_outputs
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class JaxBackend(Backend):
 
     def programs(self, p: Point) -> _Programs:
         """The compiled programs for the static signature of `p` (LRU-cached)."""
-        key = signature(p.inputs)
+        key = p.signature
         progs = self._programs.get(key)
         if progs is None:
             progs = self._programs[key] = _Programs(self.fn, self.outputs, p)

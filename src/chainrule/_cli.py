@@ -1,0 +1,251 @@
+"""The `chainrule` command line (typer + rich): serve, call, schema, check, new, env build."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from ._errors import ChainruleError
+
+app = typer.Typer(
+    help="chainrule: typed, differentiable components you can serve, call and compose.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+env_app = typer.Typer(help="Component environments (built with uv, cached).", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+err = Console(stderr=True)
+
+_TEMPLATES = {
+    "jax": ("import jax.numpy as xp", "jax"),
+    "torch": ("import torch as xp", "torch==2.13.0"),
+    "numpy": ("import numpy as xp", "numpy"),
+}
+
+
+def _fail(error: Exception) -> None:
+    err.print(f"[red]{type(error).__name__}[/red]: {error}")
+    raise typer.Exit(1)
+
+
+def _jsonable(tree: Any) -> Any:
+    """Arrays as nested lists, for printing."""
+    if isinstance(tree, dict):
+        return {k: _jsonable(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_jsonable(v) for v in tree]
+    if isinstance(tree, np.ndarray | np.generic):
+        return np.asarray(tree).tolist()
+    return tree
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="file.py:object, module:object or a folder")],
+    host: Annotated[str, typer.Option(help="interface; non-loopback needs --token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8000,
+    token: Annotated[
+        str | None, typer.Option(envvar="CHAINRULE_TOKEN", help="bearer token")
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 2**30,
+    refuse_nonfinite: Annotated[bool, typer.Option(help="answer 422 to NaN/inf inputs")] = False,
+) -> None:
+    """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs)."""
+    import uvicorn
+
+    from ._server import ServerSettings, create_app
+    from ._serving import check_bind, load_component
+
+    try:
+        component = load_component(target)
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            allow_nonfinite=not refuse_nonfinite,
+        )
+        check_bind(settings)
+    except ChainruleError as e:
+        _fail(e)
+    err.print(f"serving '{component.name}' ({component.backend.name}) on http://{host}:{port}")
+    uvicorn.run(
+        create_app(component, settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+
+
+@app.command()
+def call(
+    url: Annotated[str, typer.Argument(help="http://host:port of a chainrule server")],
+    endpoint: Annotated[str, typer.Argument(help="apply, eval_shape, jvp, vjp, jacobian, ...")],
+    body: Annotated[str, typer.Argument(help="JSON request body, or - for stdin")] = "-",
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+    timeout: float = 300.0,
+) -> None:
+    """Call one endpoint with a JSON body; print the JSON answer (arrays as lists)."""
+    from . import _wire
+    from ._client import Connection
+
+    text = sys.stdin.read() if body == "-" else body
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(ChainruleError(f'the body is not JSON ({e}); e.g. \'{{"inputs": {{"x": [1, 2]}}}}\''))
+    try:
+        conn = Connection(url, token=token, timeout=timeout, content_type=_wire.JSON)
+        answer = conn.call(f"/{endpoint.strip('/')}", payload)
+    except ChainruleError as e:
+        _fail(e)
+    print(json.dumps(_jsonable(answer), indent=2))
+
+
+@app.command()
+def schema(
+    target: Annotated[str, typer.Argument(help="a server URL, file.py:object or a folder")],
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+) -> None:
+    """Print a component's schema: inputs, outputs, endpoints and where each comes from."""
+    try:
+        if target.startswith(("http://", "https://")):
+            from ._client import Connection
+
+            info = Connection(target, token=token).get_json("/schema")
+        else:
+            from ._serving import load_component
+
+            comp = load_component(target)
+            info = {
+                "name": comp.name,
+                "backend": comp.backend.name,
+                "inputs": comp.inputs.model_json_schema(),
+                "outputs": comp.outputs.model_json_schema(),
+                "endpoints": comp.endpoints,
+            }
+    except ChainruleError as e:
+        _fail(e)
+    print(json.dumps(info, indent=2))
+
+
+@app.command()
+def check(
+    target: Annotated[str, typer.Argument(help="a server URL, file.py:object or a folder")],
+    inputs: Annotated[str, typer.Argument(help="JSON inputs, e.g. '{\"x\": [1.0, 2.0]}'")],
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+    n_random: int = 2,
+) -> None:
+    """Check every derivative endpoint against finite differences; exit 1 if any fails."""
+    from ._check import check_gradients
+
+    try:
+        if target.startswith(("http://", "https://")):
+            from ._client import connect
+
+            comp = connect(target, token=token)
+        else:
+            from ._serving import load_component
+
+            comp = load_component(target)
+        report = check_gradients(comp, json.loads(inputs), n_random=n_random)
+    except (ChainruleError, json.JSONDecodeError) as e:
+        _fail(e)
+    Console().print(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+_COMPONENT = '''"""{name}: a chainrule component ({backend} backend). Edit the schemas and apply."""
+
+{imports}
+
+import chainrule as cr
+
+
+class Inputs(cr.Schema):
+    x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+    scale: float = 1.0
+
+
+class Outputs(cr.Schema):
+    y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+@cr.component(inputs=Inputs, outputs=Outputs, backend="{backend}")
+def {name}(inputs: Inputs) -> Outputs:
+    return Outputs(y=inputs.scale * xp.sin(inputs.x))
+'''
+
+_TOML = """name = "{name}"
+version = "0.1.0"
+backend = "{backend}"
+entry = "component.py:{name}"
+requirements = ["{requirement}"]
+"""
+
+_README = """# {name}
+
+A chainrule component ({backend} backend).
+
+```bash
+chainrule check component.py:{name} '{{"x": [0.1, 0.2, 0.3]}}'   # gradients vs finite differences
+chainrule serve .                                                # serve it on 127.0.0.1:8000
+chainrule env build .                                            # its own environment (uv)
+```
+"""
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="component name (a Python identifier)")],
+    backend: Annotated[str, typer.Option(help="jax, torch or numpy")] = "numpy",
+    directory: Annotated[Path, typer.Option("--dir", help="where to create the folder")] = Path(),
+) -> None:
+    """Scaffold a component folder: component.py, chainrule.toml, README.md."""
+    if not name.isidentifier():
+        _fail(
+            ChainruleError(
+                f"name {name!r} is not a Python identifier; try {name.replace('-', '_')!r}"
+            )
+        )
+    if backend not in _TEMPLATES:
+        _fail(ChainruleError(f"backend {backend!r}: use one of {sorted(_TEMPLATES)}"))
+    folder = directory / name
+    if folder.exists():
+        _fail(ChainruleError(f"{folder} already exists; choose another name or --dir"))
+    imports, requirement = _TEMPLATES[backend]
+    folder.mkdir(parents=True)
+    values = {"name": name, "backend": backend, "imports": imports, "requirement": requirement}
+    (folder / "component.py").write_text(_COMPONENT.format(**values))
+    (folder / "chainrule.toml").write_text(_TOML.format(**values))
+    (folder / "README.md").write_text(_README.format(**values))
+    err.print(f"created {folder}/ (component.py, chainrule.toml, README.md)")
+
+
+@env_app.command("build")
+def env_build(
+    folder: Annotated[Path, typer.Argument(help="a component folder with chainrule.toml")],
+    quiet: bool = False,
+) -> None:
+    """Build (or find cached) the component's environment; print its python."""
+    from ._env import build_env
+
+    try:
+        python = build_env(folder, quiet=quiet)
+    except ChainruleError as e:
+        _fail(e)
+    print(python)
+
+
+def main() -> None:
+    """Entry point of the `chainrule` command."""
+    app()

@@ -1,0 +1,248 @@
+"""Managed component servers: start, health, stop, supervision, start-up failures.
+
+These tests run `tests/fixtures/standin/server.py` (a stdlib stand-in for `chainrule serve`)
+through `launch(..., _command=...)`, so no environment is built; the last test launches real
+component folders once `chainrule serve` and `chainrule.connect` exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chainrule import _launch
+from chainrule._env import load_spec
+from chainrule._errors import LaunchError
+from chainrule._launch import Launched, _healthy, _server_env, free_port, launch, server_command
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STANDIN = FIXTURES / "standin"
+
+
+def standin(mode: str = "ok") -> Callable[[str, int], list[str]]:
+    """The command factory of the stand-in server in `mode` (ok | crash | hang)."""
+
+    def command(host: str, port: int) -> list[str]:
+        server = str(STANDIN / "server.py")
+        return [sys.executable, server, "--host", host, "--port", str(port), "--mode", mode]
+
+    return command
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll `condition` every 0.05 s; whether it became true within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def server() -> Iterator[Launched]:
+    launched = launch(STANDIN, _command=standin(), startup_timeout=30)
+    yield launched
+    launched.stop()
+
+
+def test_launch_answers_health_and_stops(server: Launched) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.alive() and _healthy(server.url, timeout=2)
+    assert server.spec.name == "standin" and server.restarts == 0
+    assert "stand-in listening on 127.0.0.1" in server.log
+    assert "GET /health" in server.log  # the server's request log, captured in memory
+    pid = server.process.pid if server.process else -1
+    server.stop()
+    assert not server.alive() and not _healthy(server.url, timeout=1)
+    assert server.process is not None and server.process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    server.stop()  # idempotent
+
+
+def test_fixed_port(tmp_path: Path) -> None:
+    port = free_port()
+    with launch(STANDIN, port=port, _command=standin(), client_factory=str) as url:
+        assert url == f"http://127.0.0.1:{port}"
+        assert _healthy(url, timeout=2)
+
+
+def test_context_manager_gives_the_client_and_stops() -> None:
+    made: list[str] = []
+
+    def factory(url: str) -> object:
+        made.append(url)
+        return ("client", url)
+
+    launched = launch(STANDIN, _command=standin(), client_factory=factory)  # type: ignore[arg-type]
+    with launched as client:
+        assert client == ("client", launched.url)
+        assert launched.alive()
+    assert made == [launched.url]
+    assert not launched.alive()
+
+
+def test_killed_server_is_restarted_on_the_same_port(server: Launched) -> None:
+    old = server.process
+    assert old is not None
+    os.kill(old.pid, signal.SIGKILL)
+    assert wait_for(lambda: server.restarts == 1 and _healthy(server.url, timeout=1))
+    assert server.process is not old and server.alive()
+    assert "server exited with code -9; restarting it on port" in server.log
+
+
+def test_restart_budget_then_give_up(monkeypatch: pytest.MonkeyPatch, server: Launched) -> None:
+    monkeypatch.setattr(_launch, "MAX_RESTARTS", 1)
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGKILL)
+    assert wait_for(lambda: server.restarts == 1 and _healthy(server.url, timeout=1))
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGKILL)
+    assert wait_for(lambda: "giving up" in server.log)
+    assert not server.alive() and server.restarts == 1
+    server.restart()  # a deliberate restart still works, and supervision resumes
+    assert server.alive() and _healthy(server.url, timeout=2) and server.restarts == 2
+
+
+def test_no_restart_when_disabled() -> None:
+    launched = launch(STANDIN, _command=standin(), restart=False)
+    try:
+        assert launched.process is not None
+        os.kill(launched.process.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert not launched.alive() and launched.restarts == 0
+    finally:
+        launched.stop()
+
+
+def test_explicit_restart(server: Launched) -> None:
+    old = server.process
+    server.restart()
+    assert server.process is not old and server.alive() and server.restarts == 1
+    assert old is not None and old.returncode is not None
+    assert "restarting the server on request" in server.log
+
+
+def test_startup_failure_shows_the_log_tail() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        launch(STANDIN, _command=standin("crash"), startup_timeout=30)
+    assert time.monotonic() - t0 < 10  # failed early, not after the timeout
+    msg = info.value.message
+    assert "the server of component 'standin' exited with code 3 before it was ready" in msg
+    assert "  | stand-in: ImportError: the component failed to import" in msg
+    assert "Fix: read the log above" in msg
+    assert all(x.alive() for x in _launch._LIVE)  # the failed one was unregistered
+
+
+def test_startup_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        launch(STANDIN, _command=standin("hang"), startup_timeout=1.0)
+    assert time.monotonic() - t0 < 10  # the hung server is killed (SIGTERM) right away
+    msg = info.value.message
+    assert "did not answer GET http://127.0.0.1:" in msg and "/health within 1 s" in msg
+    assert "stand-in starting in mode hang" in msg
+    assert "pass a larger startup_timeout" in msg
+
+
+def test_servers_are_stopped_at_interpreter_exit(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from chainrule._launch import launch
+        command = lambda host, port: [sys.executable, {str(STANDIN / "server.py")!r},
+                                      "--host", host, "--port", str(port)]
+        launched = launch({str(STANDIN)!r}, _command=command)
+        print(launched.process.pid, flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.strip())
+    assert wait_for(lambda: not _pid_alive(pid), timeout=10)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_server_command_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec(FIXTURES / "numpy1")
+    argv = server_command(tmp_path / "bin/python", FIXTURES / "numpy1", spec, "127.0.0.1", 8123)
+    target = f"{FIXTURES / 'numpy1' / 'component.py'}:square"
+    assert argv == [str(tmp_path / "bin/python"), "-m", "chainrule", "serve", target,
+                    "--host", "127.0.0.1", "--port", "8123"]  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", "/leaks/our/packages")
+    env = _server_env()
+    assert "PYTHONPATH" not in env and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_wildcard_host_is_reached_on_loopback() -> None:
+    launched = launch(STANDIN, host="0.0.0.0", _command=standin(), restart=False)
+    try:
+        assert launched.url.startswith("http://127.0.0.1:")
+        assert _healthy(launched.url, timeout=2)
+    finally:
+        launched.stop()
+
+
+_REAL_SERVER = all(
+    importlib.util.find_spec(m) is not None for m in ("chainrule.__main__", "chainrule._client")
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REAL_SERVER, reason="needs `chainrule serve` and chainrule.connect")
+def test_two_conflicting_components_side_by_side(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.mktemp("launch-envs")
+    with (
+        launch(FIXTURES / "numpy1", cache_dir=cache, quiet=True) as old,
+        launch(FIXTURES / "numpy2", cache_dir=cache, quiet=True) as new,
+    ):
+        x = np.array([1.0, 3.0])
+        a, b = old.apply({"x": x}), new.apply({"x": x})
+        np.testing.assert_array_equal(a.y, x**2)
+        np.testing.assert_array_equal(b.y, x**2)
+        assert (a.numpy_major, b.numpy_major) == (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REAL_SERVER, reason="needs `chainrule serve` and chainrule.connect")
+def test_killed_server_is_restarted_and_next_call_succeeds(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cache = tmp_path_factory.mktemp("launch-envs-kill")
+    launched = launch(FIXTURES / "numpy2", cache_dir=cache, quiet=True)
+    with launched as comp:
+        x = np.array([0.5, 2.0])
+        np.testing.assert_allclose(comp.vjp({"x": x}, {"y": [1.0, 1.0]})["x"], 2 * x, rtol=1e-6)
+        assert launched.process is not None
+        os.killpg(launched.process.pid, signal.SIGKILL)
+        # The supervisor restarts the server on the same port; the client retries the call.
+        np.testing.assert_allclose(comp.vjp({"x": x}, {"y": [1.0, 1.0]})["x"], 2 * x, rtol=1e-6)
+        assert launched.restarts == 1
+        assert "serving 'square'" in launched.log
