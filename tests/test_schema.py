@@ -462,6 +462,7 @@ def test_json_schema_and_json_dump() -> None:
         "shape": ["n", "...", 3],
         "dtype": "float32",
         "differentiable": True,
+        "casting": "safe",
     }
     m = M(x=np.ones((2, 3), np.float32))
     assert m.model_dump_json() == '{"x":[[1.0,1.0,1.0],[1.0,1.0,1.0]],"k":1}'

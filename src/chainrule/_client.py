@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 import urllib.parse
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _wire
@@ -59,7 +59,7 @@ class Connection:
         *,
         token: str | None = None,
         timeout: float = 300.0,
-        retries: int = 4,
+        retries: int = 8,
         content_type: str = _wire.BINARY,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -70,6 +70,11 @@ class Connection:
         self.token, self.timeout, self.retries = token, timeout, retries
         self.content_type = _wire.content_type_of(content_type)
         self._local = threading.local()
+        # Every thread's connection, so close() (or garbage collection) closes them all
+        # instead of leaving sockets for the interpreter to warn about.
+        self._open: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._open, self._lock)
 
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -81,17 +86,21 @@ class Connection:
             )
             conn = cls(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
         return conn
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+            with self._lock:
+                self._open.discard(conn)
         self._local.conn = None
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        self._drop()
+        """Close the connections of every thread (a later call opens a new one)."""
+        _close_all(self._open, self._lock)
 
     def _headers(self, body: bytes | None) -> dict[str, str]:
         headers = {"Accept": self.content_type}
@@ -132,8 +141,8 @@ class Connection:
                         f"could not reach {self.url}{path} after {attempt + 1} attempts "
                         f"({type(e).__name__}: {e}); is the server running?"
                     ) from e
-                time.sleep(min(0.05 * 2**attempt, 2.0))
-            except (TimeoutError, socket.timeout) as e:
+                time.sleep(min(0.05 * 2**attempt, 1.0))  # ~5 s in all: a restart fits
+            except TimeoutError as e:  # socket.timeout is TimeoutError
                 self._drop()
                 raise TransportError(
                     f"{self.url}{path} did not answer within {self.timeout} s; raise "
@@ -156,6 +165,12 @@ class Connection:
         if status >= 400:
             raise _server_error(status, data, f"{self.url}{path}")
         return json.loads(bytes(data))
+
+
+def _close_all(conns: set[http.client.HTTPConnection], lock: threading.Lock) -> None:
+    with lock:  # closed connections reopen on their thread's next call: keep them listed
+        for conn in conns:
+            conn.close()
 
 
 def _server_error(status: int, data: bytearray, where: str) -> ChainruleError:
@@ -191,10 +206,13 @@ class RemoteBackend(Backend):
         super().__init__(_not_local, inputs, outputs)
         self.conn = conn
         self.offered: dict[str, str] = dict(info["endpoints"])
-        self.native = tuple(n for n in DERIVATIVES if n in self.offered)  # type: ignore[misc]
+        self.native = tuple(n for n in DERIVATIVES if n in self.offered)
         self.eval_shape_provenance = f"remote: {self.offered.get('eval_shape', 'none')}"  # type: ignore[misc]
         self.static_shapes = info.get("backend") in ("jax", "torch")  # type: ignore[misc]
         self.cheap_eval_shape = self.static_shapes  # type: ignore[misc]
+
+    def close(self) -> None:
+        self.conn.close()
 
     def provenance_of(self, name: str) -> str:
         return f"remote: {self.offered.get(name, 'none')}"
@@ -266,7 +284,7 @@ def connect(
     *,
     token: str | None = None,
     timeout: float = 300.0,
-    retries: int = 4,
+    retries: int = 8,
     content_type: str = _wire.BINARY,
 ) -> Component:
     """A component served at `url` (by `chainrule serve`, `chainrule.serve` or `launch`).

@@ -394,7 +394,7 @@ class Component:
             shapes = {
                 x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)
             }
-            self._shapes[key] = _tree.replace_leaves(out, shapes)  # type: ignore[assignment]
+            self._shapes[key] = _tree.replace_leaves(out, shapes)
             while len(self._shapes) > 64:
                 self._shapes.popitem(last=False)
 
@@ -521,6 +521,8 @@ class Component:
     ) -> dict[str, np.ndarray]:
         """Hessian-vector product `{input path: H·t}` of the scalar output `of`."""
         p = self.point(inputs)
+        if "hvp" not in self.impls:
+            self._run("hvp", p, None)  # raises EndpointUnavailableError with the fix
         t = self._tangents(p, tangents, batched=False)
         return self._run(
             "hvp", p, None, tangents=t, of=self._scalar_output(p, of), wrt=self._wrt(p, wrt)
@@ -573,8 +575,13 @@ def _require_mapping(value: Any, role: str, kind: str, paths: Sequence[str]) -> 
 def _check_batch(arrays: Mapping[str, np.ndarray], role: str) -> None:
     sizes = {p: a.shape[0] for p, a in arrays.items() if "batched" in role}
     if len(set(sizes.values())) > 1:
+        first = next(iter(sizes.values()))
         raise ValidationError(
-            f"{role} have different batch sizes {sizes}; give every leaf the same leading axis"
+            f"{role} have different batch sizes {sizes}; give every leaf the same leading axis",
+            errors=[
+                {"path": f"{role}.{p}", "expected": f"batch size {first}", "got": n}
+                for p, n in sizes.items()
+            ],
         )
 
 

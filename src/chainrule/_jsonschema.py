@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import create_model
+from pydantic import Field, create_model
 
 from ._schema import Array, Differentiable, Schema
 
@@ -29,8 +29,9 @@ _SIMPLE: dict[str, Any] = {
 
 def _array_annotation(info: dict[str, Any]) -> Any:
     shape = tuple(... if d == "..." else d for d in info["shape"])
-    ann = Array[shape, np.dtype(info["dtype"])]
-    return Differentiable[ann] if info.get("differentiable") else ann
+    spec = (shape, np.dtype(info["dtype"]), info.get("casting", "safe"))
+    ann = Array.__class_getitem__(spec)  # Array[...] with a runtime-built item
+    return Differentiable.__class_getitem__(ann) if info.get("differentiable") else ann
 
 
 class _Builder:
@@ -73,8 +74,11 @@ class _Builder:
         required = set(node.get("required", []))
         fields: dict[str, Any] = {}
         for key, prop in node.get("properties", {}).items():
-            default = ... if key in required else prop.get("default")
-            fields[key] = (self.annotation(prop), default)
+            if key in required:
+                fields[key] = (self.annotation(prop), ...)
+            else:  # JSON has no tuples (nor arrays): validate the default into the field's type
+                default = Field(prop.get("default"), validate_default=True)
+                fields[key] = (self.annotation(prop), default)
         model: type[Schema] = create_model(name, __base__=Schema, **fields)
         return model
 

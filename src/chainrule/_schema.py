@@ -135,6 +135,7 @@ class ArraySpec:
                 "shape": ["..." if d is Ellipsis else d for d in self.shape],
                 "dtype": self.dtype.name,
                 "differentiable": self.differentiable,
+                "casting": self.casting,
             },
         }
 

@@ -95,12 +95,21 @@ def error_response(error: ChainruleError, status: int | None = None) -> JSONResp
     return JSONResponse({"error": error.to_dict()}, status_code=status or _status(error))
 
 
-class _TooLarge(WireFormatError):
-    pass
+class _Answered(WireFormatError):
+    """A WireFormatError answered with its own HTTP status; clients see a WireFormatError."""
+
+    status = 400
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "type": WireFormatError.__name__}
 
 
-class _Unsupported(WireFormatError):
-    pass
+class _TooLarge(_Answered):
+    status = 413
+
+
+class _Unsupported(_Answered):
+    status = 415
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -108,7 +117,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge(
             f"request body of {declared} bytes exceeds the limit of {limit} bytes; "
-            "send smaller arrays or raise the server's max_body_bytes"
+            "send smaller arrays or raise the server's max_body_bytes",
+            errors=[
+                {"path": "(body)", "expected": f"<= {limit} bytes", "got": f"{declared} bytes"}
+            ],
         )
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -116,7 +128,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise _TooLarge(
                 f"request body exceeds the limit of {limit} bytes; send smaller "
-                "arrays or raise the server's max_body_bytes"
+                "arrays or raise the server's max_body_bytes",
+                errors=[{"path": "(body)", "expected": f"<= {limit} bytes", "got": "more"}],
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -147,7 +160,31 @@ def _check_finite(tree: Any, path: str) -> None:
             errors=[{"path": path, "expected": "finite values", "got": "NaN/inf"}],
         )
     elif isinstance(tree, float) and not np.isfinite(tree):
-        raise ValidationError(f"'{path}' is {tree}, which this server refuses")
+        raise ValidationError(
+            f"'{path}' is {tree}, which this server refuses (allow_nonfinite=False)",
+            errors=[{"path": path, "expected": "a finite number", "got": str(tree)}],
+        )
+
+
+def _is_paths(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    )
+
+
+# What each request keyword must be before it reaches the component: (check, expected).
+_KEYWORDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "keep": (lambda v: isinstance(v, bool), "true or false"),
+    "tangents": (lambda v: isinstance(v, dict), "an object {input path: array}"),
+    "cotangents": (lambda v: isinstance(v, dict), "an object {output path: array}"),
+    "of": (_is_paths, "a path, a list of paths or null"),
+    "wrt": (_is_paths, "a path, a list of paths or null"),
+    "handle": (lambda v: v is None or isinstance(v, str), "a handle string or null"),
+}
+_HVP_OF = (lambda v: v is None or isinstance(v, str), "one scalar output path or null")
+_REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
 
 
 def _request(name: str, payload: Any) -> dict[str, Any]:
@@ -155,15 +192,26 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
     allowed = {"inputs", *ENDPOINTS[name].request}
     if not isinstance(payload, dict):
         raise ValidationError(
-            f"/{name} expects an object with keys {sorted(allowed)}, got {type(payload).__name__}"
+            f"/{name} expects an object with keys {sorted(allowed)}, got {type(payload).__name__}",
+            errors=[{"path": "(body)", "expected": "an object", "got": type(payload).__name__}],
         )
-    unknown = set(payload) - allowed
-    if unknown or "inputs" not in payload:
-        problem = f"unknown keys {sorted(unknown)}" if unknown else "'inputs' is missing"
+    unknown, missing = set(payload) - allowed, (allowed & _REQUIRED) - set(payload)
+    if unknown or missing:
+        problem = (
+            f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
+        )
         raise ValidationError(
             f"/{name}: {problem}; the body must be an object with keys {sorted(allowed)}",
             errors=[{"path": "(body)", "expected": sorted(allowed), "got": sorted(payload)}],
         )
+    for key in set(payload) - {"inputs"}:
+        check, expected = _HVP_OF if (name, key) == ("hvp", "of") else _KEYWORDS[key]
+        if not check(payload[key]):
+            got = type(payload[key]).__name__
+            raise ValidationError(
+                f"/{name}: '{key}' must be {expected}, got {got}",
+                errors=[{"path": key, "expected": expected, "got": got}],
+            )
     return dict(payload)
 
 
@@ -181,8 +229,6 @@ def _call(component: Component, name: str, req: dict[str, Any]) -> dict[str, Any
     """Run endpoint `name` and shape its result as the response tree."""
     handle = req.pop("handle", None)
     if handle is not None:
-        if not isinstance(handle, str):
-            raise ValidationError(f"'handle' must be a string, got {type(handle).__name__}")
         req["handle"] = Handle(handle, component.name)
     inputs = req.pop("inputs")
     if name == "apply":
@@ -262,10 +308,8 @@ class _Service:
                 else:
                     result = _call(self.component, name, req)
                 return Response(_wire.encode(result, outgoing), media_type=outgoing)
-            except _TooLarge as e:
-                return error_response(e, 413)
-            except _Unsupported as e:
-                return error_response(e, 415)
+            except _Answered as e:
+                return error_response(e, e.status)
             except ChainruleError as e:
                 return error_response(e)
             except Exception as e:  # a bug of ours: report it, keep serving
@@ -314,7 +358,7 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
     service = _Service(component, settings)
     app = FastAPI(
         title=f"chainrule component '{component.name}'",
-        description=(component.__doc__ or "").strip() or None,
+        description=(component.__doc__ or "").strip(),
     )
     defs: dict[str, Any] = {}
     for name in component.endpoints:

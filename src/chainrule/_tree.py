@@ -11,13 +11,15 @@ import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel
 
 from ._errors import UnknownPathError, ValidationError
 from ._schema import ArraySpec, _shape_matches, array_spec, describe_value
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "Leaf",
@@ -189,19 +191,19 @@ def signature(instance: BaseModel) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def replace_leaves(instance: BaseModel, new: Mapping[str, Any]) -> BaseModel:
+def replace_leaves(instance: M, new: Mapping[str, Any]) -> M:
     """A copy of `instance` whose leaves at the paths of `new` are replaced, without validation.
 
     Used to hand framework arrays (tracers, tensors) to the author's function.
     """
     used: set[str] = set()
-    out = _rebuild(instance, type(instance), "", new, used)
+    out: M = _rebuild(instance, type(instance), "", new, used)
     if len(used) != len(new):
         raise UnknownPathError(
             f"no array leaf at {sorted(set(new) - used)}; leaves are "
             f"{[x.path for x in leaves(instance)]}"
         )
-    return out  # type: ignore[no-any-return]
+    return out
 
 
 def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any], used: set[str]) -> Any:

@@ -69,7 +69,7 @@ class Backend(ABC):
         """Where native endpoint `name` comes from (shown by `Component.endpoints`)."""
         return "native" if name == "apply" else self.provenance
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook; most backends hold nothing open)
         """Release what the backend holds open (connections of a remote backend)."""
 
     def endpoint(self, name: str) -> Callable[..., Any]:
