@@ -22,6 +22,7 @@ from ._backends import Backend
 from ._component import Component
 from ._endpoints import DERIVATIVES
 from ._errors import ChainruleError, TransportError, error_from_dict
+from ._http import RawConnection
 from ._jsonschema import schema_from_json
 from ._residuals import Residual
 from ._schema import Schema, ShapeDtype, passthrough
@@ -72,19 +73,16 @@ class Connection:
         self._local = threading.local()
         # Every thread's connection, so close() (or garbage collection) closes them all
         # instead of leaving sockets for the interpreter to warn about.
-        self._open: set[http.client.HTTPConnection] = set()
+        self._open: set[RawConnection | _TLSConnection] = set()
         self._lock = threading.Lock()
         weakref.finalize(self, _close_all, self._open, self._lock)
 
-    def _conn(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _conn(self) -> RawConnection | _TLSConnection:
+        conn: RawConnection | _TLSConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(self.host, self.port, timeout=self.timeout)
+            port = self.port or (443 if self.scheme == "https" else 80)
+            cls = _TLSConnection if self.scheme == "https" else RawConnection
+            conn = cls(self.host, port, self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._open.add(conn)
@@ -102,7 +100,7 @@ class Connection:
         """Close the connections of every thread (a later call opens a new one)."""
         _close_all(self._open, self._lock)
 
-    def _headers(self, body: bytes | None) -> dict[str, str]:
+    def _headers(self, body: object) -> dict[str, str]:
         headers = {"Accept": self.content_type}
         if body is not None:
             headers["Content-Type"] = self.content_type
@@ -110,25 +108,14 @@ class Connection:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    def _once(self, method: str, path: str, body: bytes | None) -> tuple[int, str, bytearray]:
-        conn = self._conn()
-        conn.request(method, path, body=body, headers=self._headers(body))
-        resp = conn.getresponse()
-        length = resp.getheader("content-length")
-        if length is not None and length.isdigit():
-            data = bytearray(int(length))  # read straight into one buffer: no extra copy
-            view, got = memoryview(data), 0
-            while got < len(data):
-                n = resp.readinto(view[got:])
-                if not n:
-                    raise http.client.IncompleteRead(bytes(data[:got]))
-                got += n
-        else:
-            data = bytearray(resp.read())
-        return resp.status, resp.getheader("content-type") or "", data
+    def _once(
+        self, method: str, path: str, body: bytes | list[bytes | memoryview] | None
+    ) -> tuple[int, str, bytearray]:
+        status, headers, data = self._conn().request(method, path, body, self._headers(body))
+        return status, headers.get("content-type", ""), data
 
     def request(
-        self, method: str, path: str, body: bytes | None = None
+        self, method: str, path: str, body: bytes | list[bytes | memoryview] | None = None
     ) -> tuple[int, str, bytearray]:
         """(status, content type, body) of one request, retried on connection errors."""
         for attempt in range(self.retries + 1):
@@ -155,7 +142,8 @@ class Connection:
 
     def call(self, path: str, tree: Any) -> Any:
         """POST `tree` to `path` and decode the answer, re-raising server errors as themselves."""
-        status, ctype, data = self.request("POST", path, _wire.encode(tree, self.content_type))
+        parts = _wire.encode_parts(tree, self.content_type)
+        status, ctype, data = self.request("POST", path, parts)
         if status >= 400:
             raise _server_error(status, data, f"{self.url}{path}")
         return _wire.decode(data, ctype)
@@ -167,7 +155,30 @@ class Connection:
         return json.loads(bytes(data))
 
 
-def _close_all(conns: set[http.client.HTTPConnection], lock: threading.Lock) -> None:
+class _TLSConnection:
+    """`http.client` over TLS, with RawConnection's `request` signature."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self._conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | list[bytes | memoryview] | None,
+        headers: dict[str, str],
+    ) -> tuple[int, dict[str, str], bytearray]:
+        sent = b"".join(body) if isinstance(body, list) else body
+        self._conn.request(method, path, body=sent, headers=headers)
+        resp = self._conn.getresponse()
+        data = bytearray(resp.read())
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _close_all(conns: set[RawConnection | _TLSConnection], lock: threading.Lock) -> None:
     with lock:  # closed connections reopen on their thread's next call: keep them listed
         for conn in conns:
             conn.close()

@@ -41,6 +41,7 @@ __all__ = [
     "content_type_of",
     "decode",
     "encode",
+    "encode_parts",
 ]
 
 BINARY: str = "application/x-chainrule"
@@ -340,6 +341,12 @@ def _raw(array: np.ndarray) -> memoryview:
 
 def _encode_binary(tree: Any) -> bytes:
     """Encode `tree` as `application/x-chainrule` (see `docs/wire-format.md`)."""
+    # One b"".join of views: the array bytes are copied exactly once, into the result.
+    return b"".join(_binary_parts(tree))
+
+
+def _binary_parts(tree: Any) -> list[bytes | memoryview]:
+    """The binary body as pieces: header bytes, padding, and views of the arrays' memory."""
     arrays: list[np.ndarray] = []
 
     def add(array: np.ndarray, path: str) -> dict[str, int]:
@@ -358,14 +365,25 @@ def _encode_binary(tree: Any) -> bytes:
     ]
     header = _dump({"tree": lowered, "arrays": descriptors})
     prefix = MAGIC + struct.pack("<Q", len(header)) + header
-    # One b"".join of views: the array bytes are copied exactly once, into the result.
     parts: list[bytes | memoryview] = [prefix, bytes(_align(len(prefix)) - len(prefix))]
     end = 0
     for array, offset in zip(arrays, offsets, strict=True):
         parts.append(bytes(offset - end))
         parts.append(_raw(array))
         end = offset + array.nbytes
-    return b"".join(parts)
+    return parts
+
+
+def encode_parts(tree: Any, content_type: str = BINARY) -> list[bytes | memoryview]:
+    """Like `encode`, but as pieces to send one after another without joining them.
+
+    Binary bodies are returned as header bytes plus views of the arrays' own memory, so a
+    large body is never copied in user space before it reaches the socket. The views are
+    valid while the arrays are alive and unmodified.
+    """
+    if _normalize(content_type) == BINARY:
+        return _binary_parts(tree)
+    return [_encode_json(tree)]
 
 
 def _encode_json(tree: Any) -> bytes:
