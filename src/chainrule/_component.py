@@ -11,6 +11,7 @@ import contextlib
 import functools
 import inspect
 import re
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
@@ -374,6 +375,9 @@ class Component:
             message, errors = format_pydantic(e, f"component '{self.name}' built bad outputs")
             raise OutputValidationError(message, errors=errors) from e
         except Exception as e:
+            original = _callback_original(e)
+            if original is not None:  # a nested component failed inside jitted code
+                raise original from e
             raise ComponentError(
                 f"component '{self.name}' raised in {endpoint}: {type(e).__name__}: {e}"
             ) from e
@@ -558,6 +562,12 @@ class Component:
         """Release open resources (a remote component's connections); calls still work after,
         reconnecting as needed."""
         self.backend.close()
+
+
+def _callback_original(error: BaseException) -> BaseException | None:
+    """The component error a JAX callback failure stands for (see chainrule.jax.errors)."""
+    binding = sys.modules.get("chainrule.jax")
+    return None if binding is None else binding.original_error(error)
 
 
 def _bound(shape: tuple[Any, ...], dims: Mapping[str, int]) -> tuple[Any, ...]:

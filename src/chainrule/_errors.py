@@ -82,6 +82,10 @@ class EndpointUnavailableError(ChainruleError, NotImplementedError):
     """The component neither provides this endpoint nor can derive it from the ones it has."""
 
 
+class ShapesUnknownError(EndpointUnavailableError):
+    """Output shapes of a component are needed while tracing but cannot be known yet."""
+
+
 class ComponentError(ChainruleError, RuntimeError):
     """The component's own code raised; the original exception is chained as `__cause__`."""
 
@@ -115,6 +119,7 @@ _CLASSES: dict[str, type[ChainruleError]] = {
         NotDifferentiableError,
         WireFormatError,
         EndpointUnavailableError,
+        ShapesUnknownError,
         ComponentError,
         OutputValidationError,
         SchemaDefinitionError,

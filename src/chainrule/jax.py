@@ -17,10 +17,12 @@ anything else loops inside one host callback.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +34,17 @@ from jax.interpreters import ad, batching, mlir
 
 from ._backends._jax import JaxBackend
 from ._component import Component
-from ._errors import EndpointUnavailableError, NotDifferentiableError, ValidationError
+from ._errors import (
+    EndpointUnavailableError,
+    NotDifferentiableError,
+    ShapesUnknownError,
+    ValidationError,
+)
 from ._residuals import Handle
 from ._schema import Schema, ShapeDtype, passthrough
 from ._tree import leaves, replace_leaves, signature
 
-__all__ = ["call"]
+__all__ = ["call", "errors", "original_error"]
 
 Prim = jax_extend.core.Primitive
 _NOT_MAPPED = None  # how vmap marks an unbatched argument
@@ -96,7 +103,7 @@ def _output_shapes(component: Component, template: Schema, concrete: dict[str, A
         shapes = component.eval_shape(replace_leaves(template, zeros))
     except EndpointUnavailableError:
         if len(concrete) != len(zeros):
-            raise EndpointUnavailableError(
+            raise ShapesUnknownError(
                 f"cannot tell the output shapes of component '{component.name}' while tracing: "
                 "its eval_shape needs apply. Declare its output shapes with named dimensions, "
                 "or call it once outside jit so the shapes are known"
@@ -243,11 +250,60 @@ def _run_levels(
     return [np.stack([r[k] for r in rows]) for k in range(len(rows[0]))] if rows else []
 
 
+# A component's exception cannot cross XLA: under jit JAX re-raises it as JaxRuntimeError
+# carrying only its text. The original is kept here under a number that the text carries, so
+# `errors()` (and chainrule's own jitted code) can raise the original again.
+_ERRORS: OrderedDict[int, BaseException] = OrderedDict()
+_ERROR_IDS = itertools.count(1)
+_ERROR_TAG = re.compile(r"\[chainrule error #(\d+)\]")
+
+
+class _CallbackError(RuntimeError):
+    """Raised inside a host callback; its text names the stored original exception."""
+
+
+def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> list[np.ndarray]:
+    try:
+        return host([np.asarray(x) for x in args])
+    except Exception as e:
+        with _TOKEN_LOCK:
+            number = next(_ERROR_IDS)
+            _ERRORS[number] = e
+            while len(_ERRORS) > 256:
+                _ERRORS.popitem(last=False)
+        raise _CallbackError(f"[chainrule error #{number}] {type(e).__name__}: {e}") from e
+
+
+def original_error(error: BaseException) -> BaseException | None:
+    """The component exception behind a JaxRuntimeError from a jitted call, if any."""
+    match = _ERROR_TAG.search(str(error))
+    return _ERRORS.get(int(match.group(1))) if match else None
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Re-raise component errors from jitted code as themselves (not as JaxRuntimeError).
+
+    Example:
+        ```python
+        with chainrule.jax.errors():
+            jax.jit(pipeline)(x)  # a failing component raises its ComponentError here
+        ```
+    """
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        original = original_error(e)
+        if original is None:
+            raise
+        raise original.with_traceback(None) from e
+
+
 def _callback(
     host: Callable[..., list[np.ndarray]], avals: Sequence[Any], args: Sequence[Any]
 ) -> list[Any]:
     shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
-    return list(jax.pure_callback(lambda *xs: host([np.asarray(x) for x in xs]), shapes, *args))
+    return list(jax.pure_callback(lambda *xs: _host_call(host, xs), shapes, *args))
 
 
 def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import ShapesUnknownError
 from .._residuals import Residual
 from .._schema import Schema, ShapeDtype, passthrough
 from .._tree import leaves, replace_leaves
@@ -138,6 +139,20 @@ class JaxBackend(Backend):
         super().__init__(fn, inputs, outputs)
         self._programs: OrderedDict[Any, _Programs] = OrderedDict()
 
+    def _run(self, p: Point, call: Callable[[], Any]) -> Any:
+        """Run a compiled program; on first use, let nested components learn their shapes.
+
+        A NumPy component inside this function may only know its output shapes by running,
+        which tracing cannot do: then the function runs once eagerly (on the concrete inputs)
+        and is traced again.
+        """
+        try:
+            return call()
+        except ShapesUnknownError:
+            progs, (d, c) = self.programs(p), self._split(p)
+            progs.f(d, c)
+            return call()
+
     def programs(self, p: Point) -> _Programs:
         """The compiled programs for the static signature of `p` (LRU-cached)."""
         key = p.signature
@@ -158,7 +173,19 @@ class JaxBackend(Backend):
         assert progs.template is not None  # set by tracing
         return replace_leaves(progs.template, {**dout, **nd})
 
+    def endpoint(self, name: str) -> Callable[..., Any]:
+        method = super().endpoint(name)
+
+        def run(p: Point, res: Residual | None, **request: Any) -> Any:
+            return self._run(p, lambda: method(p, res, **request))
+
+        return run
+
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
+        result: tuple[Any, Residual | None] = self._run(p, lambda: self._apply(p, keep))
+        return result
+
+    def _apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
         progs, (d, c) = self.programs(p), self._split(p)
         if not keep:
             return self._outputs(progs, *progs.apply(d, c)), None
@@ -167,6 +194,9 @@ class JaxBackend(Backend):
         return out, Residual(pull, _nbytes(pull), out, p.values)
 
     def eval_shape(self, p: Point) -> Any:
+        return self._run(p, lambda: self._eval_shape(p))
+
+    def _eval_shape(self, p: Point) -> Any:
         progs, (d, c) = self.programs(p), self._split(p)
         dout, nd = jax.eval_shape(progs.f, d, c)
         shapes = {

@@ -1,0 +1,269 @@
+"""`chainrule.jax.call` under every JAX transformation × every kind of component.
+
+Each kind computes the same `vector` case (tests/cases.py): y = scale·sin(x) + x², s = Σx³.
+Results are compared with the same function written in plain JAX (exact for AD backends,
+1e-6 for finite differences) and, for gradients, with finite differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chainrule as cr
+import chainrule.jax as crj
+from cases import CASES, build
+
+KINDS = ["jax", "torch", "numpy", "written", "remote"]
+SCALE = 1.5
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[cr.Component]:
+    """A torch component served over HTTP and connected (the remote kind)."""
+    with cr.serve(build(CASES[0], "torch")) as server:
+        remote = cr.connect(server.url)
+        yield remote
+        remote.close()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest, served: cr.Component) -> tuple[str, cr.Component]:
+    name = str(request.param)
+    comp = served if name == "remote" else build(CASES[0], name)
+    # NumPy components whose output shapes are not declared learn them from one eager call;
+    # under jit alone there is no value to run them on (see test_shapes_unknown_under_jit).
+    through(comp)(X)
+    return name, comp
+
+
+def _tol(name: str) -> dict[str, float]:
+    return {"rtol": 1e-6, "atol": 1e-7} if name in ("numpy",) else {"rtol": 1e-11, "atol": 1e-12}
+
+
+def reference(x: jax.Array) -> dict[str, jax.Array]:
+    return {"y": SCALE * jnp.sin(x) + x**2, "s": jnp.sum(x**3)}
+
+
+def through(comp: cr.Component) -> Any:
+    def f(x: jax.Array) -> dict[str, Any]:
+        return crj.call(comp, {"x": x, "scale": SCALE})
+
+    return f
+
+
+def loss(outputs: dict[str, Any]) -> jax.Array:
+    return jnp.sum(outputs["y"] ** 2) + 0.5 * outputs["s"]
+
+
+X = jnp.array([0.3, -0.7, 1.2])
+T = jnp.array([1.0, 0.5, -2.0])
+
+
+def test_value_and_grad_under_jit(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+    f = jax.jit(jax.value_and_grad(lambda x: loss(through(comp)(x))))
+    g = jax.value_and_grad(lambda x: loss(reference(x)))
+    (v, dv), (w, dw) = f(X), g(X)
+    np.testing.assert_allclose(v, w, **_tol(name))
+    np.testing.assert_allclose(dv, dw, **_tol(name))
+    eps = 1e-6  # and against central finite differences of the pipeline itself
+    fd = [
+        (loss(through(comp)(X + eps * e)) - loss(through(comp)(X - eps * e))) / (2 * eps)
+        for e in jnp.eye(3)
+    ]
+    np.testing.assert_allclose(dv, fd, rtol=1e-5, atol=1e-6)
+
+
+def test_jvp_vjp_linearize(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+    f = lambda x: through(comp)(x)["y"]  # noqa: E731
+    r = lambda x: reference(x)["y"]  # noqa: E731
+    np.testing.assert_allclose(jax.jvp(f, (X,), (T,))[1], jax.jvp(r, (X,), (T,))[1], **_tol(name))
+    _, pull = jax.vjp(f, X)
+    np.testing.assert_allclose(pull(T)[0], jax.vjp(r, X)[1](T)[0], **_tol(name))
+    np.testing.assert_allclose(pull(2 * T)[0], jax.vjp(r, X)[1](2 * T)[0], **_tol(name))
+    _, lin = jax.linearize(f, X)
+    np.testing.assert_allclose(lin(T), jax.jvp(r, (X,), (T,))[1], **_tol(name))
+    # the dot-product test through the binding: <v, J u> = <Jᵀ v, u>
+    np.testing.assert_allclose(jnp.vdot(T, lin(T)), jnp.vdot(pull(T)[0], T), rtol=1e-6)
+
+
+def test_jacobians(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+    f = lambda x: through(comp)(x)["y"]  # noqa: E731
+    want = jax.jacrev(lambda x: reference(x)["y"])(X)
+    comp.calls.clear()
+    np.testing.assert_allclose(jax.jacrev(f)(X), want, **_tol(name))
+    if name != "jax":  # one batched request answers all rows (the inline path makes none)
+        assert comp.calls["batched_vjp"] == 1 and comp.calls["vjp"] == 0
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(X), want, **_tol(name))
+
+
+def test_vmap(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+    xs = jnp.stack([X, 2 * X, -X])
+    f = lambda x: loss(through(comp)(x))  # noqa: E731
+    r = lambda x: loss(reference(x))  # noqa: E731
+    np.testing.assert_allclose(jax.vmap(f)(xs), jax.vmap(r)(xs), **_tol(name))
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(jax.grad(f)))(xs), jax.vmap(jax.grad(r))(xs), **_tol(name)
+    )
+    # tangents alone batched: one batched_jvp request
+    comp.calls.clear()
+    g = lambda t: jax.jvp(lambda x: through(comp)(x)["y"], (X,), (t,))[1]  # noqa: E731
+    got = jax.vmap(g)(jnp.stack([T, 2 * T]))
+    want = jax.vmap(lambda t: jax.jvp(lambda x: reference(x)["y"], (X,), (t,))[1])(
+        jnp.stack([T, 2 * T])
+    )
+    np.testing.assert_allclose(got, want, **_tol(name))
+    if name != "jax":
+        assert comp.calls["batched_jvp"] == 1 and comp.calls["jvp"] == 0
+
+
+def test_second_order(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+    s = lambda x: through(comp)(x)["s"]  # noqa: E731
+    if name in ("numpy", "written"):
+        with pytest.raises(cr.EndpointUnavailableError, match="hvp"):
+            jax.hessian(s)(X)
+        return
+    np.testing.assert_allclose(jax.hessian(s)(X), jnp.diag(6 * X), **_tol(name))
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jax.grad(s)(x)))(X), 6 * X, **_tol(name))
+    np.testing.assert_allclose(jax.jit(jax.jacrev(jax.grad(s)))(X), jnp.diag(6 * X), **_tol(name))
+
+
+def test_checkpoint_scan_and_fori_loop(kind: tuple[str, cr.Component]) -> None:
+    name, comp = kind
+
+    def step(x: jax.Array, get: Any) -> jax.Array:
+        return 0.5 * x + 0.1 * get(x)["y"]
+
+    def run(get: Any) -> Any:
+        def scanned(x: jax.Array) -> jax.Array:
+            out, _ = jax.lax.scan(lambda c, _: (step(c, get), None), x, None, length=3)
+            return jnp.sum(out)
+
+        def looped(x: jax.Array) -> jax.Array:
+            return jnp.sum(jax.lax.fori_loop(0, 2, lambda i, c: step(c, get), x))
+
+        return scanned, looped, jax.checkpoint(lambda x: loss(get(x)))
+
+    for mine, theirs in zip(run(through(comp)), run(reference), strict=True):
+        np.testing.assert_allclose(jax.jit(jax.grad(mine))(X), jax.grad(theirs)(X), **_tol(name))
+
+
+def test_shapes_unknown_under_jit() -> None:
+    comp = build(CASES[0], "numpy")  # y: Array[(None,)] and n: int — shapes need apply
+    with pytest.raises(cr.EndpointUnavailableError, match="call it once outside jit"):
+        jax.jit(lambda x: through(comp)(x)["y"])(X)
+    through(comp)(X)
+    np.testing.assert_allclose(jax.jit(lambda x: through(comp)(x)["y"])(X), reference(X)["y"])
+
+
+def test_static_inputs_and_static_outputs(kind: tuple[str, cr.Component]) -> None:
+    _, comp = kind
+    for scale in (1.0, 3.0):  # each static signature learns its shapes once (numpy kinds)
+        crj.call(comp, {"x": X, "scale": scale})
+
+    @jax.jit
+    def f(x: jax.Array) -> jax.Array:
+        a = crj.call(comp, {"x": x, "scale": 1.0})
+        b = crj.call(comp, {"x": x, "scale": 3.0})
+        assert a["n"] == 3  # a static output is a Python value even under jit
+        return b["y"] - a["y"]
+
+    np.testing.assert_allclose(f(X), 2.0 * jnp.sin(X), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["jax", "torch", "numpy"])
+def test_non_differentiable_input_and_output(name: str) -> None:
+    comp = build(CASES[1], name)  # matrix: 'offset' input and 'count' output are not marked
+    a, b = jnp.ones((3, 2)) * 0.3, jnp.array([0.4, -0.7])
+
+    def f(offset: jax.Array) -> jax.Array:
+        return jnp.sum(crj.call(comp, {"a": a, "b": b, "offset": offset})["y"])
+
+    with pytest.raises(cr.NotDifferentiableError, match="'offset'"):
+        jax.grad(f)(jnp.zeros(3))
+    value = f(jnp.zeros(3))  # no derivative asked: fine
+    assert np.isfinite(value)
+
+    def g(b: jax.Array) -> jax.Array:  # through a non-differentiable output: zero
+        out = crj.call(comp, {"a": a, "b": b, "offset": jnp.zeros(3)})
+        return jnp.sum(out["y"]) + out["count"].astype(jnp.float64)
+
+    np.testing.assert_allclose(
+        jax.grad(g)(b),
+        jax.grad(lambda b: jnp.sum(jnp.tanh(a @ b)))(b),
+        rtol=1e-6,
+    )
+
+
+def test_component_errors_surface_as_themselves() -> None:
+    class In(cr.Schema):
+        x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    class Out(cr.Schema):
+        y: cr.Differentiable[cr.Array[("n",), cr.Float64]]  # shapes known without running
+
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="diverging")
+    def diverging(inputs: In) -> Out:
+        if inputs.x[0] > 1:
+            raise FloatingPointError("the solver diverged")
+        return Out(y=inputs.x)
+
+    f = lambda x: jnp.sum(crj.call(diverging, {"x": x})["y"])  # noqa: E731
+    with pytest.raises(cr.ComponentError, match="the solver diverged"):
+        f(jnp.array([2.0]))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"ComponentError.*the solver diverged"):
+        jax.jit(f)(jnp.array([2.0]))
+    with pytest.raises(cr.ComponentError, match="the solver diverged"), crj.errors():
+        jax.jit(f)(jnp.array([2.0]))
+    # a pipeline component around it raises the same error class
+    pipeline = cr.component(
+        lambda i: Out(y=crj.call(diverging, {"x": i.x})["y"] * 2),
+        inputs=In,
+        outputs=Out,
+        backend="jax",
+        name="pipeline",
+    )
+    with pytest.raises(cr.ComponentError, match="the solver diverged"):
+        pipeline.apply({"x": [2.0]})
+
+
+def test_pipeline_is_a_component(served: cr.Component) -> None:
+    """A JAX function of components, wrapped, has every endpoint and is right."""
+
+    class In(cr.Schema):
+        x: cr.Differentiable[cr.Array[(3,), cr.Float64]]
+
+    class Out(cr.Schema):
+        total: cr.Differentiable[cr.Array[(), cr.Float64]]
+
+    parts = [build(CASES[0], "torch"), build(CASES[0], "numpy"), served]
+
+    @cr.component(inputs=In, outputs=Out, backend="jax")
+    def pipeline(inputs: In) -> Out:
+        total = sum(loss(crj.call(p, {"x": inputs.x, "scale": SCALE})) for p in parts)
+        return Out(total=total)
+
+    first_order = [e for e in pipeline.endpoints if e not in ("apply", "eval_shape", "hvp")]
+    report = cr.check_gradients(
+        pipeline, {"x": np.asarray(X)}, n_random=1, rtol=1e-5, endpoints=first_order
+    )
+    assert report.ok, str(report)
+    # second order would need the curvature of the vector output 'y' of each part
+    with pytest.raises(cr.EndpointUnavailableError, match="scalar outputs; 'y'"):
+        pipeline.hvp({"x": X}, {"x": T}, of="total")
+    want = 3 * jax.grad(lambda x: loss(reference(x)))(X)
+    np.testing.assert_allclose(pipeline.vjp({"x": X}, {"total": 1.0})["x"], want, rtol=1e-6)
+    with cr.serve(pipeline) as server:  # servable, and nestable through the client
+        remote = cr.connect(server.url)
+        np.testing.assert_allclose(remote.vjp({"x": X}, {"total": 1.0})["x"], want, rtol=1e-6)
+        remote.close()
