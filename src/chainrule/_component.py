@@ -441,10 +441,14 @@ class Component:
             keep: also keep the linearization and return `(outputs, handle)`; pass the handle to
                 `vjp`/`jvp` at the same inputs to skip their forward pass.
         """
-        p = self.point(inputs)
+        out, handle = self._apply_kept(self.point(inputs), keep)
+        return (out, handle) if keep else out
+
+    def _apply_kept(self, p: Point, keep: bool) -> tuple[Schema, Handle | None]:
+        """Apply at a validated point; with `keep`, also the handle of the kept residual."""
         out, residual = self._apply_point(p, keep)
         if not keep:
-            return out
+            return out, None
         residual = residual or Residual(None, 0, out, p.values)
         return out, self.residuals.put(self.name, residual)
 

@@ -33,7 +33,7 @@ import numpy as np
 from jax.interpreters import ad, batching, mlir
 
 from ._backends._jax import JaxBackend
-from ._component import Component
+from ._component import Component, Point
 from ._errors import (
     EndpointUnavailableError,
     NotDifferentiableError,
@@ -165,12 +165,13 @@ def _handle(token: Any) -> Handle | None:
 # ---- host functions (run on concrete numpy arrays) ------------------------------------------
 
 
+def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
+    return Point(spec.component, spec.inputs(arrays))
+
+
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    inputs = spec.inputs(arrays)
-    if keep:
-        out, handle = spec.component.apply(inputs, keep=True)
-    else:
-        out, handle = spec.component.apply(inputs), None
+    # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
+    out, handle = spec.component._apply_kept(_point(spec, arrays), keep)
     found = {x.path: x.value for x in leaves(out)}
     result = [
         np.asarray(found[p], a.dtype) for p, a in zip(spec.out_paths, spec.out_avals, strict=True)
@@ -191,8 +192,9 @@ def _host_jvp(
 ) -> list[np.ndarray]:
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
-    method = comp.batched_jvp if batched else comp.jvp
-    result = method(spec.inputs(arrays), t, of=outs, handle=_handle(token))
+    p = _point(spec, arrays)
+    res = comp.residuals.get(_handle(token), p.values)
+    result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
 
@@ -208,8 +210,9 @@ def _host_vjp(
     comp = spec.component
     c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
     paths = tuple(spec.in_paths[i] for i in wrt)
-    method = comp.batched_vjp if batched else comp.vjp
-    result = method(spec.inputs(arrays), c, wrt=paths, handle=_handle(token))
+    p = _point(spec, arrays)
+    res = comp.residuals.get(_handle(token), p.values)
+    result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
     ]
