@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint
+.PHONY: demo demo-terrain test lint bench
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml requirements/ci.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) examples/bands/demo.py
+
+demo-terrain: $(STAMP)
 	$(PY) examples/terrain/optimize.py
+
+bench: $(STAMP)
+	$(PY) bench/transport.py
+	$(PY) bench/pipeline.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

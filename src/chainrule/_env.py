@@ -181,7 +181,7 @@ def load_spec(folder: str | os.PathLike[str]) -> ComponentSpec:
         The spec. Raises `LaunchError` if the file is missing or invalid, or if the entry file
         does not exist in the folder.
 
-    Example: `load_spec("examples/bands/torch_band").requirements`
+    Example: `load_spec("examples/bands/remote_band").requirements`
     """
     path = Path(folder) / SPEC_FILE
     if not path.is_file():
@@ -489,7 +489,7 @@ def build_env(
     Returns:
         The path of the environment's python executable.
 
-    Example: `python = build_env("examples/bands/torch_band")`
+    Example: `python = build_env("examples/bands/remote_band")`
     """
     spec = (
         folder_or_spec if isinstance(folder_or_spec, ComponentSpec) else load_spec(folder_or_spec)

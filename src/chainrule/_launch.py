@@ -388,7 +388,7 @@ def launch(
 
     Example:
         ```python
-        with cr.launch("examples/bands/torch_band") as band:
+        with cr.launch("examples/bands/remote_band") as band:
             band.apply({"x": x})
         ```
     """
