@@ -69,7 +69,10 @@ def test_value_and_grad_under_jit(kind: tuple[str, cr.Component]) -> None:
     name, comp = kind
     f = jax.jit(jax.value_and_grad(lambda x: loss(through(comp)(x))))
     g = jax.value_and_grad(lambda x: loss(reference(x)))
+    comp.calls.clear()
     (v, dv), (w, dw) = f(X), g(X)
+    if name != "jax":  # one forward (keeping its linearization) and one backward, no more
+        assert (comp.calls["apply"], comp.calls["vjp"]) == (1, 1), comp.calls
     np.testing.assert_allclose(v, w, **_tol(name))
     np.testing.assert_allclose(dv, dw, **_tol(name))
     eps = 1e-6  # and against central finite differences of the pipeline itself
