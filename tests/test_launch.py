@@ -246,3 +246,32 @@ def test_killed_server_is_restarted_and_next_call_succeeds(
         np.testing.assert_allclose(comp.vjp({"x": x}, {"y": [1.0, 1.0]})["x"], 2 * x, rtol=1e-6)
         assert launched.restarts == 1
         assert "serving 'square'" in launched.log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REAL_SERVER, reason="needs `chainrule serve` and chainrule.connect")
+def test_launched_endpoints_agree_bit_for_bit(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every endpoint through a launched server equals the in-process result exactly."""
+    from chainrule._serving import load_component
+
+    cache = tmp_path_factory.mktemp("launch-envs-agree")
+    local = load_component(str(FIXTURES / "numpy2" / "component.py") + ":square")
+    x = {"x": np.array([0.5, -1.25, 2.0])}
+    t, c = {"x": np.array([1.0, 0.5, -2.0])}, {"y": np.array([0.3, 1.0, -1.0])}
+    with launch(FIXTURES / "numpy2", cache_dir=cache, quiet=True) as remote:
+        assert remote.apply(x).y.tobytes() == local.apply(x).y.tobytes()
+        pairs = [
+            (remote.jvp(x, t)["y"], local.jvp(x, t)["y"]),
+            (remote.vjp(x, c)["x"], local.vjp(x, c)["x"]),
+            (remote.jacobian(x)["y"]["x"], local.jacobian(x)["y"]["x"]),
+            (
+                remote.batched_jvp(x, {"x": np.stack([t["x"]] * 2)})["y"],
+                local.batched_jvp(x, {"x": np.stack([t["x"]] * 2)})["y"],
+            ),
+            (
+                remote.batched_vjp(x, {"y": np.stack([c["y"]] * 2)})["x"],
+                local.batched_vjp(x, {"y": np.stack([c["y"]] * 2)})["x"],
+            ),
+        ]
+        for got, want in pairs:
+            np.testing.assert_array_equal(got, want, strict=True)
