@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-terrain test lint bench
+.PHONY: demo demo-terrain test lint bench docs
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo-terrain: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/transport.py
 	$(PY) bench/pipeline.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

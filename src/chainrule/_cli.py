@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ._errors import ChainruleError
 
@@ -31,7 +32,7 @@ _TEMPLATES = {
 
 
 def _fail(error: Exception) -> None:
-    err.print(f"[red]{type(error).__name__}[/red]: {error}")
+    err.print(f"[red]{type(error).__name__}[/red]: {escape(str(error))}")
     raise typer.Exit(1)
 
 

@@ -60,7 +60,7 @@ class Connection:
         *,
         token: str | None = None,
         timeout: float = 300.0,
-        retries: int = 8,
+        retries: int = 30,
         content_type: str = _wire.BINARY,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -115,20 +115,27 @@ class Connection:
         return status, headers.get("content-type", ""), data
 
     def request(
-        self, method: str, path: str, body: bytes | list[bytes | memoryview] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | list[bytes | memoryview] | None = None,
+        retries: int | None = None,
     ) -> tuple[int, str, bytearray]:
         """(status, content type, body) of one request, retried on connection errors."""
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 return self._once(method, path, body)
             except _RETRYABLE as e:
                 self._drop()
-                if attempt == self.retries:
+                if attempt == retries:
                     raise TransportError(
                         f"could not reach {self.url}{path} after {attempt + 1} attempts "
                         f"({type(e).__name__}: {e}); is the server running?"
                     ) from e
-                time.sleep(min(0.05 * 2**attempt, 1.0))  # ~5 s in all: a restart fits
+                # Pauses of 0.05 s doubling up to 1 s: the default 30 retries wait ~26 s in all,
+                # long enough for a launched server to be restarted on a busy machine.
+                time.sleep(min(0.05 * 2**attempt, 1.0))
             except TimeoutError as e:  # socket.timeout is TimeoutError
                 self._drop()
                 raise TransportError(
@@ -149,7 +156,8 @@ class Connection:
         return _wire.decode(data, ctype)
 
     def get_json(self, path: str) -> Any:
-        status, _, data = self.request("GET", path)
+        # Used to connect: a server that is not there should fail fast, not after ~26 s.
+        status, _, data = self.request("GET", path, retries=min(self.retries, 3))
         if status >= 400:
             raise _server_error(status, data, f"{self.url}{path}")
         return json.loads(bytes(data))
@@ -295,7 +303,7 @@ def connect(
     *,
     token: str | None = None,
     timeout: float = 300.0,
-    retries: int = 8,
+    retries: int = 30,
     content_type: str = _wire.BINARY,
 ) -> Component:
     """A component served at `url` (by `chainrule serve`, `chainrule.serve` or `launch`).

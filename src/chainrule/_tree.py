@@ -25,6 +25,8 @@ __all__ = [
     "Leaf",
     "bind_dims",
     "class_leaves",
+    "flat_fields",
+    "has_named_dims",
     "leaves",
     "replace_leaves",
     "signature",
@@ -157,13 +159,55 @@ def _check_key(key: object, path: str) -> None:
         )
 
 
+_PLAIN = (int, float, str, bool, bytes, type(None))
+
+
+def flat_fields(model: type[BaseModel]) -> tuple[tuple[str, ArraySpec | None], ...] | None:
+    """`(field, spec or None)` when every field is an array or a plain value, else None."""
+    return _flat_fields(model)
+
+
+@functools.cache
+def _flat_fields(model: Any) -> tuple[tuple[str, ArraySpec | None], ...] | None:
+    """`(field, spec or None)` when every field is an array or a plain value, else None.
+
+    Most schemas are flat; for them leaves are read off the fields directly instead of walking
+    annotations, which matters on hot paths (every call validates and rebuilds instances).
+    """
+    out: list[tuple[str, ArraySpec | None]] = []
+    for name, ann in _fields(model).items():
+        spec = _spec(ann)
+        if spec is None and not (isinstance(ann, type) and issubclass(ann, _PLAIN)):
+            return None  # containers, unions, models, Any: the instance decides
+        out.append((name, spec))
+    return tuple(out)
+
+
+def has_named_dims(model: type[BaseModel]) -> bool:
+    """Whether any array of the model (if its structure is fixed) has a named dimension."""
+    return _has_named_dims(model)
+
+
+@functools.cache
+def _has_named_dims(model: Any) -> bool:
+    flat = flat_fields(model)
+    return flat is None or any(spec is not None and spec.named_dims for _, spec in flat)
+
+
 def leaves(instance: BaseModel) -> list[Leaf]:
     """Every array leaf of `instance`, in field order."""
+    flat = flat_fields(type(instance))
+    if flat is not None:
+        values = instance.__dict__
+        return [Leaf(n, s, values[n]) for n, s in flat if s is not None and values[n] is not None]
     return [x for x in _walk(instance, type(instance), "") if isinstance(x, Leaf)]
 
 
 def static_values(instance: BaseModel) -> list[tuple[str, Any]]:
     """(path, value) of every non-array value of `instance`."""
+    flat = flat_fields(type(instance))
+    if flat is not None:
+        return [(n, instance.__dict__[n]) for n, s in flat if s is None]
     return [
         (x.path, x.value) for x in _walk(instance, type(instance), "") if isinstance(x, _Static)
     ]
@@ -183,6 +227,15 @@ def signature(instance: BaseModel) -> tuple[Any, ...]:
     Two instances with the same signature trace to the same program (the jit cache key).
     """
     out: list[Any] = []
+    flat = flat_fields(type(instance))
+    if flat is not None:
+        for name, spec in flat:
+            value = instance.__dict__[name]
+            if spec is not None and value is not None:
+                out.append((name, tuple(value.shape), value.dtype))
+            else:
+                out.append((name, type(value).__name__, _frozen(value)))
+        return tuple(out)
     for x in _walk(instance, type(instance), ""):
         if isinstance(x, Leaf):
             out.append((x.path, tuple(x.value.shape), x.value.dtype))
@@ -196,6 +249,10 @@ def replace_leaves(instance: M, new: Mapping[str, Any]) -> M:
 
     Used to hand framework arrays (tracers, tensors) to the author's function.
     """
+    flat = flat_fields(type(instance))
+    if flat is not None and all(_is_array_field(flat, k) for k in new):
+        fields = {**instance.__dict__, **new}
+        return type(instance).model_construct(instance.model_fields_set, **fields)
     used: set[str] = set()
     out: M = _rebuild(instance, type(instance), "", new, used)
     if len(used) != len(new):
@@ -204,6 +261,10 @@ def replace_leaves(instance: M, new: Mapping[str, Any]) -> M:
             f"{[x.path for x in leaves(instance)]}"
         )
     return out
+
+
+def _is_array_field(flat: tuple[tuple[str, ArraySpec | None], ...], name: str) -> bool:
+    return any(n == name and s is not None for n, s in flat)
 
 
 def _rebuild(value: Any, annotation: Any, path: str, new: Mapping[str, Any], used: set[str]) -> Any:

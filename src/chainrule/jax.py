@@ -295,11 +295,12 @@ def errors() -> Iterator[None]:
     """
     try:
         yield
-    except jax.errors.JaxRuntimeError as e:
+    except Exception as e:  # JaxRuntimeError, or ValueError from an already-compiled call
         original = original_error(e)
         if original is None:
             raise
-        raise original.with_traceback(None) from e
+        # Not `from e`: the original keeps its own cause (the author's exception).
+        raise original.with_traceback(None)  # noqa: B904
 
 
 def _callback(
@@ -826,25 +827,30 @@ def _results(spec: _Spec, values: Sequence[Any]) -> dict[str, Any]:
 
 def _inline(component: Component, instance: Schema) -> dict[str, Any]:
     """An in-process JAX component traced straight into the caller's program."""
-    guarded = {
-        x.path: x.value if x.spec.differentiable else _no_tangent(x.value, x.path, component.name)
-        for x in leaves(instance)
-    }
-    with passthrough():
-        raw = component.fn(replace_leaves(instance, guarded))
-    from ._backends import as_outputs
+    # The named scope marks the traced ops in the jaxpr, so tools (chainrule.plot.pipeline)
+    # can tell which equations belong to this component.
+    with jax.named_scope(f"chainrule:{component.name}"):
+        guarded = {
+            x.path: x.value
+            if x.spec.differentiable
+            else _no_tangent(x.value, x.path, component.name)
+            for x in leaves(instance)
+        }
+        with passthrough():
+            raw = component.fn(replace_leaves(instance, guarded))
+        from ._backends import as_outputs
 
-    out = as_outputs(raw, component.outputs, component.name)
-    result: dict[str, Any] = {}
-    for x in leaves(out):
-        value = jnp.asarray(x.value)
-        if value.dtype != x.spec.dtype and x.spec.dtype.kind in "fc":
-            value = value.astype(x.spec.dtype)
-        result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
-    from ._tree import static_values
+        out = as_outputs(raw, component.outputs, component.name)
+        result: dict[str, Any] = {}
+        for x in leaves(out):
+            value = jnp.asarray(x.value)
+            if value.dtype != x.spec.dtype and x.spec.dtype.kind in "fc":
+                value = value.astype(x.spec.dtype)
+            result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
+        from ._tree import static_values
 
-    result.update(dict(static_values(out)))
-    return result
+        result.update(dict(static_values(out)))
+        return result
 
 
 def _no_tangent(value: Any, path: str, name: str) -> Any:
