@@ -48,17 +48,23 @@ from ._schema import (
 )
 
 if TYPE_CHECKING:
+    from ._history import History, OptimizeResult
+    from ._optimize import optimize
     from ._server import ServerSettings, create_app
     from ._serving import Server, serve
 
 __version__ = "0.1.0"
 
-# Serving needs fastapi and uvicorn (the `serve` extra): import those only when asked for.
+# Serving needs fastapi and uvicorn (the `serve` extra), optimization needs jax (the `jax`
+# extra): import those only when asked for.
 _LAZY = {
-    "serve": "._serving",
-    "Server": "._serving",
-    "ServerSettings": "._server",
-    "create_app": "._server",
+    "serve": ("._serving", "serve"),
+    "Server": ("._serving", "serve"),
+    "ServerSettings": ("._server", "serve"),
+    "create_app": ("._server", "serve"),
+    "optimize": ("._optimize", "jax"),
+    "OptimizeResult": ("._history", "jax"),
+    "History": ("._history", "jax"),
 }
 
 
@@ -66,12 +72,13 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
+        where, extra = _LAZY[name]
         try:
-            module = importlib.import_module(_LAZY[name], __name__)
+            module = importlib.import_module(where, __name__)
         except ModuleNotFoundError as e:
             raise ImportError(
                 f"chainrule.{name} needs {e.name}, which is not installed; "
-                "pip install 'chainrule[serve]'"
+                f"pip install 'chainrule[{extra}]'"
             ) from e
         return getattr(module, name)
     raise AttributeError(f"module 'chainrule' has no attribute {name!r}")
@@ -97,6 +104,7 @@ __all__ = [
     "Float64",
     "GradientReport",
     "Handle",
+    "History",
     "Int8",
     "Int16",
     "Int32",
@@ -104,6 +112,7 @@ __all__ = [
     "LaunchError",
     "Launched",
     "NotDifferentiableError",
+    "OptimizeResult",
     "OutputValidationError",
     "ResidualCache",
     "Schema",
@@ -124,5 +133,6 @@ __all__ = [
     "create_app",
     "launch",
     "load_spec",
+    "optimize",
     "serve",
 ]
