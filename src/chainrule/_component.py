@@ -477,10 +477,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """Jacobian-vector product `{output path: J·t}` for tangents `{input path: t}`."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
-        t = self._tangents(p, tangents, batched=False)
-        return self._run("jvp", p, res, tangents=t, of=self._of(p, of, res))
+        return self._forward("jvp", inputs, tangents, of, handle)
 
     def vjp(
         self,
@@ -491,10 +488,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """Vector-Jacobian product `{input path: Jᵀ·c}` for cotangents `{output path: c}`."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
-        c = self._cotangents(p, cotangents, batched=False, res=res)
-        return self._run("vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
+        return self._reverse("vjp", inputs, cotangents, wrt, handle)
 
     def jacobian(
         self, inputs: Any, *, wrt: Paths = None, of: Paths = None, handle: Handle | None = None
@@ -513,10 +507,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """`jvp` for a leading batch axis of tangents, answered in one call."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
-        t = self._tangents(p, tangents, batched=True)
-        return self._run("batched_jvp", p, res, tangents=t, of=self._of(p, of, res))
+        return self._forward("batched_jvp", inputs, tangents, of, handle)
 
     def batched_vjp(
         self,
@@ -527,10 +518,31 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """`vjp` for a leading batch axis of cotangents, answered in one call."""
+        return self._reverse("batched_vjp", inputs, cotangents, wrt, handle)
+
+    def _forward(
+        self, endpoint: str, inputs: Any, tangents: Any, of: Paths, handle: Handle | None
+    ) -> dict[str, np.ndarray]:
+        """jvp or batched_jvp: validate, then run with the kept residual if there is one."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
-        c = self._cotangents(p, cotangents, batched=True, res=res)
-        return self._run("batched_vjp", p, res, cotangents=c, wrt=self._wrt(p, wrt))
+        t = self._tangents(p, tangents, batched=endpoint.startswith("batched"))
+        result: dict[str, np.ndarray] = self._run(
+            endpoint, p, res, tangents=t, of=self._of(p, of, res)
+        )
+        return result
+
+    def _reverse(
+        self, endpoint: str, inputs: Any, cotangents: Any, wrt: Paths, handle: Handle | None
+    ) -> dict[str, np.ndarray]:
+        """vjp or batched_vjp: validate, then run with the kept residual if there is one."""
+        p = self.point(inputs)
+        res = self.residuals.get(handle, p.values)
+        c = self._cotangents(p, cotangents, batched=endpoint.startswith("batched"), res=res)
+        result: dict[str, np.ndarray] = self._run(
+            endpoint, p, res, cotangents=c, wrt=self._wrt(p, wrt)
+        )
+        return result
 
     def hvp(
         self, inputs: Any, tangents: Mapping[str, Any], *, of: str | None = None, wrt: Paths = None
