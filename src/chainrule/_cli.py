@@ -61,7 +61,7 @@ def serve(
     """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs)."""
     import uvicorn
 
-    from ._server import ServerSettings, create_app
+    from ._server import ServerSettings, asgi_app
     from ._serving import check_bind, load_component
 
     try:
@@ -78,7 +78,7 @@ def serve(
         _fail(e)
     err.print(f"serving '{component.name}' ({component.backend.name}) on http://{host}:{port}")
     uvicorn.run(
-        create_app(component, settings),
+        asgi_app(component, settings),
         host=host,
         port=port,
         log_level="warning",

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._component import Component
 from ._errors import LaunchError
-from ._server import ServerSettings, create_app, is_loopback
+from ._server import ServerSettings, asgi_app, is_loopback
 
 __all__ = ["Server", "check_bind", "load_component", "serve"]
 
@@ -42,7 +42,7 @@ class Server:
         self.component = component
         self.settings = settings
         config = uvicorn.Config(
-            create_app(component, settings),
+            asgi_app(component, settings),
             host=settings.host,
             port=settings.port,
             log_level="warning",
