@@ -202,3 +202,34 @@ def test_forward_differences_option() -> None:
     assert abs(got - exact) > 1e-6  # the step was honoured (central error ~ h²)
     with pytest.raises(cr.SchemaDefinitionError, match="central"):
         cr.FiniteDifferences(method="backward")  # type: ignore[arg-type]
+
+
+def test_derived_jacobian_takes_the_cheaper_direction() -> None:
+    class Few(cr.Schema):
+        x: cr.Differentiable[cr.Array[(2,), cr.Float64]]
+
+    class Many(cr.Schema):
+        y: cr.Differentiable[cr.Array[(50,), cr.Float64]]
+
+    k = np.arange(50.0)
+    calls = {"jvp": 0, "vjp": 0}
+
+    @cr.component(inputs=Few, outputs=Many, backend="numpy")
+    def wide(inputs: Few) -> Many:
+        return Many(y=inputs.x[0] * k + inputs.x[1] ** 2)
+
+    @wide.def_jvp
+    def _jvp(inputs: Few, tangents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls["jvp"] += 1
+        t = tangents["x"]
+        return {"y": t[0] * k + 2 * inputs.x[1] * t[1]}
+
+    @wide.def_vjp
+    def _vjp(inputs: Few, cotangents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls["vjp"] += 1
+        c = cotangents["y"]
+        return {"x": np.array([c @ k, 2 * inputs.x[1] * c.sum()])}
+
+    jac = wide.jacobian({"x": [1.0, 3.0]})["y"]["x"]
+    np.testing.assert_allclose(jac, np.stack([k, np.full(50, 6.0)], axis=1))
+    assert calls == {"jvp": 2, "vjp": 0}  # two columns, not fifty rows

@@ -259,4 +259,25 @@ def resolve(sources: Mapping[str, Impl]) -> dict[str, Impl]:
                     note = f"derived: {rule.target} <- {src.provenance.removeprefix('derived: ')}"
                 best[rule.target] = Impl(rule.build(src.fn), note, cost)
                 changed = True
-    return best
+    return _jacobian_by_size(best)
+
+
+def _jacobian_by_size(best: dict[str, Impl]) -> dict[str, Impl]:
+    """A derived Jacobian takes rows (batched vjp) or columns (batched jvp), whichever are fewer.
+
+    The cost table cannot know sizes; when both batched forms exist, decide per call.
+    """
+    jac = best.get("jacobian")
+    if jac is None or not jac.provenance.startswith("derived: jacobian <- batched_vjp"):
+        return best
+    if "batched_jvp" not in best or "jacobian" in best["batched_jvp"].provenance:
+        return best  # columns would come from the Jacobian itself: no alternative
+    by_rows, by_cols = jac.fn, _jacobian_from_batched_jvp(best["batched_jvp"].fn)
+
+    def jacobian(p: PointLike, res: Any, wrt: tuple[str, ...], of: tuple[str, ...]) -> Any:
+        n_in = sum(int(np.size(p.values[w])) for w in wrt)
+        n_out = sum(math.prod(s) for s in p.out_shapes(of, res).values())
+        return (by_cols if n_in < n_out else by_rows)(p, res, wrt=wrt, of=of)
+
+    note = jac.provenance + " (or <- batched_jvp when inputs are fewer)"
+    return {**best, "jacobian": Impl(jacobian, note, jac.cost)}
