@@ -1,0 +1,331 @@
+"""The four JAX primitives behind `chainrule.jax.call` and the host functions they run.
+
+`chainrule.jax.call` turns a component that JAX cannot trace (PyTorch, NumPy, remote) into a
+`call_p` equation; its derivatives are `jvp_p`, `vjp_p` and `hvp_p` equations (see the
+`chainrule.jax` docstring for what each computes). This module holds what those primitives
+are made of: the static `_Spec` of a call site (their `spec` parameter), the tokens naming a
+kept linearization, the host functions run on concrete numpy arrays through
+`jax.pure_callback`, the loop over batching levels, and the store of component errors that
+cannot cross XLA. Their differentiation and vmap rules live in `_jax_rules`; `chainrule.jax`
+builds the specs and binds `call_p`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.extend as jax_extend
+import jax.numpy as jnp
+import numpy as np
+from jax.interpreters import mlir
+
+from ._component import Component, Point
+from ._residuals import Handle
+from ._schema import Schema
+from ._tree import leaves, replace_leaves
+
+Prim = jax_extend.core.Primitive
+
+
+# ---- the static description of one call site -----------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Spec:
+    """Everything static about a call: the component, input/output leaves and avals."""
+
+    component: Component
+    template: Schema  # inputs with ShapeDtype leaves (static values filled in)
+    in_paths: tuple[str, ...]
+    in_diff: tuple[bool, ...]
+    out_template: Schema  # outputs with ShapeDtype leaves
+    out_paths: tuple[str, ...]
+    out_avals: tuple[jax.core.ShapedArray, ...]
+    out_diff: tuple[bool, ...]
+    key: tuple[Any, ...]
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spec) and self.key == other.key
+
+    def in_aval(self, i: int) -> jax.core.ShapedArray:
+        leaf = _leaf(self.template, self.in_paths[i])
+        return jax.core.ShapedArray(leaf.shape, leaf.dtype)
+
+    @property
+    def diff_outs(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.out_diff) if d)
+
+    def inputs(self, arrays: Sequence[Any]) -> Schema:
+        return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
+
+
+def _leaf(instance: Schema, path: str) -> Any:
+    return next(x.value for x in leaves(instance) if x.path == path)
+
+
+# ---- tokens: kept linearizations crossing the JAX program as int64 scalars ------------------
+
+_TOKENS: OrderedDict[int, Handle] = OrderedDict()
+_TOKEN_IDS = itertools.count(1)
+_TOKEN_LOCK = threading.Lock()
+
+
+def _new_token(handle: Handle) -> int:
+    with _TOKEN_LOCK:
+        token = next(_TOKEN_IDS)
+        _TOKENS[token] = handle
+        while len(_TOKENS) > 100_000:
+            _TOKENS.popitem(last=False)
+    return token
+
+
+def _handle(token: Any) -> Handle | None:
+    # An unknown token (evicted, or 0) makes the endpoint recompute: slower, never wrong.
+    return _TOKENS.get(int(np.asarray(token)))
+
+
+# ---- host functions (run on concrete numpy arrays) ------------------------------------------
+
+
+def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
+    return Point(spec.component, spec.inputs(arrays))
+
+
+def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
+    out, handle = spec.component._apply_kept(_point(spec, arrays), keep)
+    found = {x.path: x.value for x in leaves(out)}
+    result = [
+        np.asarray(found[p], a.dtype) for p, a in zip(spec.out_paths, spec.out_avals, strict=True)
+    ]
+    if keep:
+        result.append(np.asarray(_new_token(handle) if handle else 0, np.int64))
+    return result
+
+
+def _host_jvp(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    batched: bool,
+    token: Any,
+    arrays: Sequence[np.ndarray],
+    tangents: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
+    t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
+    p = _point(spec, arrays)
+    res = comp.residuals.get(_handle(token), p.values)
+    result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
+    return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
+
+
+def _host_vjp(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    batched: bool,
+    token: Any,
+    arrays: Sequence[np.ndarray],
+    cts: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    comp = spec.component
+    c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
+    paths = tuple(spec.in_paths[i] for i in wrt)
+    p = _point(spec, arrays)
+    res = comp.residuals.get(_handle(token), p.values)
+    result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
+    return [
+        np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
+    ]
+
+
+def _host_hvp(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: int,
+    arrays: Sequence[np.ndarray],
+    vs: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    paths = tuple(spec.in_paths[i] for i in wrt)
+    result = spec.component.hvp(
+        spec.inputs(arrays), dict(zip(paths, vs, strict=True)), of=spec.out_paths[of], wrt=paths
+    )
+    return [
+        np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
+    ]
+
+
+# ---- batching: a stack of leading axes, each looped over or handed to a batched endpoint ----
+
+
+def _run_levels(
+    host: Callable[..., list[np.ndarray]],
+    levels: tuple[str, ...],
+    args: list[np.ndarray],
+    linear: Sequence[bool],
+) -> list[np.ndarray]:
+    """Run `host` over the leading axes named by `levels` ("loop" or "batched")."""
+    if not levels or levels == ("batched",):
+        return host(args, batched=bool(levels))
+    if levels[0] == "batched":  # only an innermost batched level is supported
+        raise AssertionError(levels)
+    size = len(args[0]) if args else 0
+    rows = [_run_levels(host, levels[1:], [a[b] for a in args], linear) for b in range(size)]
+    return [np.stack([r[k] for r in rows]) for k in range(len(rows[0]))] if rows else []
+
+
+# A component's exception cannot cross XLA: under jit JAX re-raises it as JaxRuntimeError
+# carrying only its text. The original is kept here under a number that the text carries, so
+
+
+# ---- component errors: kept on the host, named in the text that crosses XLA ---------------
+
+# `errors()` (and chainrule's own jitted code) can raise the original again.
+_ERRORS: OrderedDict[int, BaseException] = OrderedDict()
+_ERROR_IDS = itertools.count(1)
+_ERROR_TAG = re.compile(r"\[chainrule error #(\d+)\]")
+
+
+class _CallbackError(RuntimeError):
+    """Raised inside a host callback; its text names the stored original exception."""
+
+
+def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> list[np.ndarray]:
+    try:
+        return host([np.asarray(x) for x in args])
+    except Exception as e:
+        with _TOKEN_LOCK:
+            number = next(_ERROR_IDS)
+            _ERRORS[number] = e
+            while len(_ERRORS) > 256:
+                _ERRORS.popitem(last=False)
+        raise _CallbackError(f"[chainrule error #{number}] {type(e).__name__}: {e}") from e
+
+
+def _callback(
+    host: Callable[..., list[np.ndarray]], avals: Sequence[Any], args: Sequence[Any]
+) -> list[Any]:
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    return list(jax.pure_callback(lambda *xs: _host_call(host, xs), shapes, *args))
+
+
+def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:
+    return [jax.core.ShapedArray(sizes + tuple(a.shape), a.dtype) for a in avals]
+
+
+# ---- primitives -------------------------------------------------------------------------------
+
+
+def _define(
+    name: str,
+    host_of: Callable[..., Callable[..., list[np.ndarray]]],
+    avals_of: Callable[..., list[Any]],
+) -> Prim:
+    """A multiple-results primitive run by a host callback, with eager and jit paths."""
+    prim = Prim(name)
+    prim.multiple_results = True
+
+    def impl(*args: Any, **params: Any) -> list[Any]:
+        host = host_of(**params)
+        return [jnp.asarray(x) for x in host([np.asarray(a) for a in args])]
+
+    def abstract(*args: Any, **params: Any) -> list[Any]:
+        return avals_of(**params)
+
+    def lowered(*args: Any, **params: Any) -> list[Any]:
+        return _callback(host_of(**params), avals_of(**params), args)
+
+    prim.def_impl(impl)
+    prim.def_abstract_eval(abstract)
+    mlir.register_lowering(prim, mlir.lower_fun(lowered, multiple_results=True))
+    return prim
+
+
+def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
+    def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+        return _host_apply(spec, keep, args)
+
+    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+
+
+def _apply_avals(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
+    token = [jax.core.ShapedArray((), np.dtype(np.int64))] if keep else []
+    return _batched_avals([*spec.out_avals, *token], sizes)
+
+
+call_p = _define("chainrule_call", _apply_host, _apply_avals)
+
+
+def _linear_host(kind: str) -> Callable[..., Any]:
+    def host_of(
+        spec: _Spec,
+        wrt: tuple[int, ...],
+        of: tuple[int, ...],
+        levels: tuple[str, ...],
+        sizes: tuple[int, ...],
+    ) -> Any:
+        n = len(spec.in_paths)
+        fn = _host_jvp if kind == "jvp" else _host_vjp
+
+        def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+            return fn(spec, wrt, of, batched, args[0], args[1 : 1 + n], args[1 + n :])
+
+        linear = [False] * (1 + n) + [True] * (len(wrt) if kind == "jvp" else len(of))
+        return lambda args: _run_levels(host, levels, args, linear)
+
+    return host_of
+
+
+def _jvp_avals(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    return _batched_avals([spec.out_avals[i] for i in of], sizes)
+
+
+def _vjp_avals(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
+
+
+jvp_p = _define("chainrule_jvp", _linear_host("jvp"), _jvp_avals)
+vjp_p = _define("chainrule_vjp", _linear_host("vjp"), _vjp_avals)
+
+
+def _hvp_host(
+    spec: _Spec, wrt: tuple[int, ...], of: int, levels: tuple[str, ...], sizes: tuple[int, ...]
+) -> Any:
+    n = len(spec.in_paths)
+
+    def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+        return _host_hvp(spec, wrt, of, args[:n], args[n:])
+
+    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+
+
+def _hvp_avals(
+    spec: _Spec, wrt: tuple[int, ...], of: int, levels: tuple[str, ...], sizes: tuple[int, ...]
+) -> Any:
+    return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
+
+
+hvp_p = _define("chainrule_hvp", _hvp_host, _hvp_avals)
