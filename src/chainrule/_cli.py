@@ -57,6 +57,12 @@ def serve(
     ] = None,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 2**30,
     refuse_nonfinite: Annotated[bool, typer.Option(help="answer 422 to NaN/inf inputs")] = False,
+    threads: Annotated[
+        bool,
+        typer.Option(
+            help="calls in worker threads (else on the event loop: ~0.25 ms faster, blocks)"
+        ),
+    ] = True,
 ) -> None:
     """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs)."""
     import uvicorn
@@ -72,6 +78,7 @@ def serve(
             token=token,
             max_body_bytes=max_body_bytes,
             allow_nonfinite=not refuse_nonfinite,
+            threaded=threads,
         )
         check_bind(settings)
     except ChainruleError as e:
