@@ -38,10 +38,10 @@ def _median_time(fn: Callable[[], object], budget: float, max_repeats: int) -> f
     return statistics.median(times)
 
 
-def _start_server(port: int) -> subprocess.Popen[bytes]:
+def _start_server(port: int, *extra: str) -> subprocess.Popen[bytes]:
     target = f"{HERE / 'components.py'}:scale"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chainrule", "serve", target, "--port", str(port)],
+        [sys.executable, "-m", "chainrule", "serve", target, "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -62,8 +62,9 @@ def run(sizes: list[int], budget: float) -> list[dict[str, object]]:
 
     from chainrule._launch import free_port
 
-    port = free_port()
+    port, inline_port = free_port(), free_port()
     server = _start_server(port)
+    inline = _start_server(inline_port, "--no-threads")  # calls on the event loop
     rows: list[dict[str, object]] = []
     try:
         url = f"http://127.0.0.1:{port}"
@@ -71,6 +72,7 @@ def run(sizes: list[int], budget: float) -> list[dict[str, object]]:
             "in-process": scale,
             "http-binary": cr.connect(url),
             "http-json": cr.connect(url, content_type="application/json"),
+            "http-binary, no threads": cr.connect(f"http://127.0.0.1:{inline_port}"),
         }
         for n in sizes:
             x = {"x": np.linspace(0.0, 1.0, n)}
@@ -94,7 +96,7 @@ def run(sizes: list[int], budget: float) -> list[dict[str, object]]:
                     }
                 )
                 print(
-                    f"{n:>10,d} {name:<12} apply {t_apply * 1e3:9.3f} ms "
+                    f"{n:>10,d} {name:<24} apply {t_apply * 1e3:9.3f} ms "
                     f"{moved / t_apply / 1e9:7.3f} GB/s   vjp {t_vjp * 1e3:9.3f} ms "
                     f"{moved_vjp / t_vjp / 1e9:7.3f} GB/s",
                     flush=True,
@@ -102,8 +104,9 @@ def run(sizes: list[int], budget: float) -> list[dict[str, object]]:
         for comp in transports.values():
             comp.close()
     finally:
-        server.terminate()
-        server.wait(10)
+        for proc in (server, inline):
+            proc.terminate()
+            proc.wait(10)
     return rows
 
 
