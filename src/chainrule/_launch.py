@@ -266,9 +266,9 @@ class Launched:
             return False
         self._restart_times.append(now)
         self._note(f"server exited with code {code}; restarting it on port {self.port}")
+        self.restarts += 1  # counted before the new server answers: clients may reach it first
         try:
             self._boot()
-            self.restarts += 1
         except LaunchError as e:
             self._note(f"restart failed: {e.message.splitlines()[0]}")
         return True
