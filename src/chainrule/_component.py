@@ -34,7 +34,7 @@ from ._errors import (
     ValidationError,
 )
 from ._residuals import Handle, Residual, ResidualCache
-from ._schema import ArraySpec, Schema, ShapeDtype, describe_value
+from ._schema import ArraySpec, Schema, ShapeDtype, describe_value, passthrough
 from ._schema import _shape_matches as _shape_ok
 
 __all__ = ["Component", "Point", "component"]
@@ -245,6 +245,28 @@ class Component:
             return Point(self, exact)
         try:
             return Point(self, self.inputs.model_validate(inputs))
+        except pydantic.ValidationError as e:
+            message, errors = format_pydantic(e, f"invalid inputs to component '{self.name}'")
+            raise ValidationError(message, errors=errors) from None
+
+    def traced_inputs(self, inputs: Any, binding: str) -> Schema:
+        """Inputs for a framework binding: validated like `point`, except that framework arrays
+        (JAX tracers, torch tensors) pass through unconverted, shapes checked.
+
+        Arguments:
+            inputs: a dict or an input schema instance.
+            binding: the caller, for messages (`"chainrule.jax.call"`).
+        """
+        if isinstance(inputs, Schema):
+            inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
+        if not isinstance(inputs, dict):
+            raise ValidationError(
+                f"{binding}({self.name}): inputs must be a dict, got {type(inputs).__name__}",
+                errors=[{"path": "(root)", "expected": "dict", "got": type(inputs).__name__}],
+            )
+        try:
+            with passthrough():
+                return self.inputs.model_validate(inputs)
         except pydantic.ValidationError as e:
             message, errors = format_pydantic(e, f"invalid inputs to component '{self.name}'")
             raise ValidationError(message, errors=errors) from None

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_rules  # noqa: F401  (registers the derivative and vmap rules with JAX)
-from ._backends._jax import JaxBackend
+from ._backends._jax import JaxBackend, output_value
 from ._component import Component
 from ._errors import (
     EndpointUnavailableError,
@@ -149,18 +149,7 @@ def _concrete(x: Any) -> np.ndarray | None:
 
 def _prepare(component: Component, inputs: Any) -> tuple[Schema, list[Any]]:
     """Inputs as a schema instance whose leaves are cast JAX values (tracers pass through)."""
-    if isinstance(inputs, Schema):
-        inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
-    if not isinstance(inputs, dict):
-        raise ValidationError(
-            f"chainrule.jax.call({component.name}): inputs must be a dict, "
-            f"got {type(inputs).__name__}"
-        )
-    try:
-        with passthrough():
-            instance = component.inputs.model_validate(inputs)
-    except Exception as e:
-        raise ValidationError(f"invalid inputs to component '{component.name}': {e}") from e
+    instance = component.traced_inputs(inputs, "chainrule.jax.call")
     cast = {}
     for leaf in leaves(instance):
         value = jnp.asarray(leaf.value)
@@ -202,9 +191,7 @@ def _inline(component: Component, instance: Schema) -> dict[str, Any]:
         out = as_outputs(raw, component.outputs, component.name)
         result: dict[str, Any] = {}
         for x in leaves(out):
-            value = jnp.asarray(x.value)
-            if value.dtype != x.spec.dtype and x.spec.dtype.kind in "fc":
-                value = value.astype(x.spec.dtype)
+            value = output_value(x)
             result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
         from ._tree import static_values
 

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-import pydantic
 import torch
 import torch.autograd.forward_ad as fwad
 
 from ._backends import as_outputs
 from ._backends._torch import _DTYPES, to_torch
-from ._component import Component, format_pydantic
+from ._component import Component
 from ._errors import EndpointUnavailableError, NotDifferentiableError, ValidationError
 from ._residuals import Handle
 from ._schema import Schema, passthrough
@@ -297,19 +296,7 @@ def _as_tensor(leaf: Leaf, component: Component) -> torch.Tensor:
 
 def _prepare(component: Component, inputs: Any) -> tuple[Schema, dict[str, torch.Tensor]]:
     """Validated inputs (static values filled in) and every array leaf as a tensor."""
-    if isinstance(inputs, Schema):
-        inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
-    if not isinstance(inputs, dict):
-        raise ValidationError(
-            f"chainrule.torch.call({component.name}): inputs must be a dict, "
-            f"got {type(inputs).__name__}"
-        )
-    try:
-        with passthrough():
-            instance = component.inputs.model_validate(inputs)
-    except pydantic.ValidationError as e:
-        message, errors = format_pydantic(e, f"invalid inputs to component '{component.name}'")
-        raise ValidationError(message, errors=errors) from None
+    instance = component.traced_inputs(inputs, "chainrule.torch.call")
     found = leaves(instance)
     tensors = {x.path: _as_tensor(x, component) for x in found}
     for x in found:

@@ -17,7 +17,7 @@ import numpy as np
 from .._errors import ShapesUnknownError
 from .._residuals import Residual
 from .._schema import Schema, ShapeDtype, passthrough
-from .._tree import leaves, replace_leaves
+from .._tree import Leaf, leaves, replace_leaves
 from . import Backend, as_outputs
 
 if TYPE_CHECKING:
@@ -41,6 +41,14 @@ def _fill(given: Tree, avals: Tree) -> Tree:
     }
 
 
+def output_value(leaf: Leaf) -> jax.Array:
+    """An output leaf as a JAX array, a float leaf cast to its declared dtype."""
+    value = jnp.asarray(leaf.value)
+    if value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc":
+        value = value.astype(leaf.spec.dtype)
+    return value
+
+
 def _nbytes(tree: Any) -> int:
     return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(tree))
 
@@ -59,17 +67,10 @@ class _Programs:
         def f(d: Tree, c: Tree) -> tuple[Tree, Tree]:
             with passthrough():
                 out = as_outputs(fn(replace_leaves(inputs, {**d, **c})), outputs, name)
-            dout, nd = {}, {}
+            dout: Tree = {}
+            nd: Tree = {}
             for leaf in leaves(out):
-                value = jnp.asarray(leaf.value)
-                if leaf.spec.differentiable:
-                    dout[leaf.path] = (
-                        value.astype(leaf.spec.dtype)
-                        if (value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc")
-                        else value
-                    )
-                else:
-                    nd[leaf.path] = value
+                (dout if leaf.spec.differentiable else nd)[leaf.path] = output_value(leaf)
             self.template = out  # static output values, captured while tracing
             self.out_avals = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in dout.items()}
             return dout, nd
