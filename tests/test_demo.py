@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import jax
 import numpy as np
 import pytest
+import torch  # noqa: F401 (a required test dependency)
 
 BANDS = Path(__file__).parents[1] / "examples" / "bands"
-
-pytest.importorskip("jax")
-pytest.importorskip("torch")
 
 
 @pytest.fixture
@@ -35,7 +34,6 @@ def _remote_band_in_process() -> ModuleType:
 
 
 def test_pipeline_gradient_matches_pure_jax(demo: ModuleType) -> None:
-    import jax
     import jax.numpy as jnp
 
     # Band 3 called in-process instead of over HTTP: the same component, no server needed.

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax  # noqa: F401 (a required test dependency)
 import numpy as np
 import pytest
-
-pytest.importorskip("jax")
-pytest.importorskip("torch")
+import torch  # noqa: F401 (a required test dependency)
 
 CLOSURE = Path(__file__).parents[1] / "examples" / "closure"
 

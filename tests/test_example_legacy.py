@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax  # noqa: F401 (a required test dependency)
 import pytest
-
-pytest.importorskip("jax")
-pytest.importorskip("scipy")
+import scipy  # noqa: F401 (a required test dependency)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "legacy" / "compare.py"
 

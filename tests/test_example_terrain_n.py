@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax  # noqa: F401 (a required test dependency)
 import numpy as np
 import pytest
-
-pytest.importorskip("jax")
-pytest.importorskip("torch")
-scipy_optimize = pytest.importorskip("scipy.optimize")
+import scipy.optimize as scipy_optimize
+import torch  # noqa: F401 (a required test dependency)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "terrain_n" / "optimize.py"
 

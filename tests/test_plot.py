@@ -7,19 +7,16 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import matplotlib  # noqa: F401 (a required test dependency)
 import numpy as np
 import pytest
+import torch
 
 import chainrule as cr
-
-pytest.importorskip("matplotlib")
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-
-import jax.numpy as jnp  # noqa: E402
-
-import chainrule.jax as crj  # noqa: E402
-import chainrule.plot as crplot  # noqa: E402
+import chainrule.jax as crj
+import chainrule.plot as crplot
 
 
 class In(cr.Schema):
@@ -155,7 +152,7 @@ def test_pipeline_figure(tmp_path: Path) -> None:
 
 
 def test_pipeline_shows_remote_url() -> None:
-    serve = pytest.importorskip("chainrule").serve
+    serve = cr.serve
     with serve(grow, port=0) as server:
         remote = cr.connect(server.url)
         graph = crplot.pipeline_graph(lambda x: crj.call(remote, {"x": x})["y"], jnp.ones(2))

@@ -386,7 +386,8 @@ def test_non_numeric_arrays_refused(value: Any, got: str) -> None:
 
 
 def test_jax_arrays() -> None:
-    jnp = pytest.importorskip("jax.numpy")
+    import jax.numpy as jnp
+
     out = accepts(F32, jnp.ones(3, jnp.float32))
     assert type(out) is np.ndarray
     assert (out.dtype, out.tolist()) == (cr.Float32, [1.0, 1.0, 1.0])
@@ -398,7 +399,8 @@ def test_jax_arrays() -> None:
 
 
 def test_torch_tensors() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     out = accepts(F64, torch.arange(3, dtype=torch.float64))
     assert type(out) is np.ndarray
     assert out.tolist() == [0.0, 1.0, 2.0]
@@ -415,7 +417,8 @@ def test_torch_tensors() -> None:
 
 
 def test_torch_dtypes_numpy_lacks() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     assert accepts(F32, torch.ones(2, dtype=torch.bfloat16)).dtype == cr.Float32
     float8 = getattr(torch, "float8_e4m3fn", None)
     if float8 is not None:
@@ -426,7 +429,8 @@ def test_torch_dtypes_numpy_lacks() -> None:
 
 
 def test_passthrough_keeps_framework_arrays_and_checks_shape() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     t = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
     M = model(cr.Array[(None, 3), cr.Float64])
     with passthrough():
@@ -447,7 +451,8 @@ def test_describe_value() -> None:
     assert describe_value([1, 2]) == "list"
     assert describe(spec_of(cr.Array[(None, ..., "n", 3), cr.UInt8])) == "uint8[?,...,n,3]"
     assert repr(cr.ShapeDtype((4, 1), cr.Complex64)) == "complex64[4,1]"
-    torch = pytest.importorskip("torch")
+    import torch
+
     assert describe_value(torch.zeros(2, 1)) == "float32[2,1]"
 
 
@@ -586,8 +591,9 @@ def test_message_non_mapping_inputs() -> None:
 
 
 def test_inputs_from_frameworks_through_a_component() -> None:
-    torch = pytest.importorskip("torch")
-    jnp = pytest.importorskip("jax.numpy")
+    import jax.numpy as jnp
+    import torch
+
     inputs = {
         "mesh": {"points": torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)},
         "x": jnp.ones(2),

@@ -341,7 +341,8 @@ def _openapi_summary(document: dict[str, Any]) -> dict[str, Any]:
 def test_openapi_is_valid_and_matches_snapshot(strict: cr.Server) -> None:
     status, document = _raw(strict, "GET", "/openapi.json")
     assert status == 200
-    validator = pytest.importorskip("openapi_spec_validator")
+    import openapi_spec_validator as validator
+
     validator.validate(document)
     summary = _openapi_summary(document)
     if os.environ.get("CHAINRULE_UPDATE_SNAPSHOTS"):
