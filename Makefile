@@ -21,6 +21,7 @@ demo-terrain: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/transport.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/overhead.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
