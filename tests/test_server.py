@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -360,3 +362,32 @@ def test_docs_page(strict: cr.Server) -> None:
         assert resp.status == 200 and b"swagger" in resp.read().lower()
     finally:
         conn.close()
+
+
+def test_proven_quick_endpoints_run_on_the_event_loop() -> None:
+    """Quick calls skip the thread hand-off; one slow call sends the endpoint back to threads
+    (so a long call never blocks /health twice), and inline_below=0 always uses threads."""
+    threads: list[str] = []
+
+    def fn(inputs: In) -> Out:
+        threads.append(threading.current_thread().name)
+        time.sleep(float(inputs.scale))
+        return Out(y=inputs.x, total=inputs.x.sum())
+
+    def call(url: str, scale: float) -> None:
+        body = {"inputs": {"x": [1.0, 2.0], "k": [0.0, 0.0], "scale": scale}}
+        cr.connect(url).apply(body["inputs"])
+
+    comp = cr.component(fn, inputs=In, outputs=Out, backend="numpy", name="timed")
+    with cr.serve(comp) as server:
+        for _ in range(5):
+            call(server.url, 0.0)
+        assert [t.startswith("chainrule_") for t in threads] == [True] * 3 + [False] * 2
+        call(server.url, 0.05)  # runs inline (proven quick), measured slow
+        call(server.url, 0.0)
+        assert threads[-1].startswith("chainrule_")
+    threads.clear()
+    with cr.serve(comp, inline_below=0.0) as server:
+        for _ in range(5):
+            call(server.url, 0.0)
+        assert all(t.startswith("chainrule_") for t in threads)

@@ -9,6 +9,7 @@ one call) or `...` (any number of dimensions).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -110,7 +111,7 @@ class ArraySpec:
     def __str__(self) -> str:
         return f"{self.dtype.name}[{','.join(_dim_str(d) for d in self.shape)}]"
 
-    @property
+    @functools.cached_property
     def named_dims(self) -> tuple[str, ...]:
         return tuple(d for d in self.shape if isinstance(d, str))
 
@@ -145,10 +146,12 @@ class ArraySpec:
             self.check_shape(tuple(value.shape), value)
             return value
         arr, weak = _as_numpy(value, self)
-        if arr.dtype.name == "bfloat16":  # jax's (ml_dtypes) bfloat16: float32 holds it exactly
-            arr = arr.astype(np.float32)
         if arr.dtype != self.dtype:
-            arr = self._cast(arr, weak)
+            # (`dtype.name` costs microseconds in numpy 2: only looked at off the exact path.)
+            if arr.dtype.name == "bfloat16":  # jax's (ml_dtypes) bfloat16: float32 holds it
+                arr = arr.astype(np.float32)
+            if arr.dtype != self.dtype:
+                arr = self._cast(arr, weak)
         self.check_shape(arr.shape, arr)
         return arr
 
@@ -200,7 +203,14 @@ class ArraySpec:
 
     def bind(self, shape: tuple[int, ...]) -> dict[str, int]:
         """Sizes of the named dimensions in `shape` (assumes `check_shape` passed)."""
-        return {d: s for d, s in _align(self.shape, shape) if isinstance(d, str)}
+        if not self.named_dims:
+            return {}
+        pairs = (
+            zip(self.shape, shape, strict=False)
+            if Ellipsis not in self.shape
+            else (_align(self.shape, shape))
+        )
+        return {d: s for d, s in pairs if isinstance(d, str)}
 
 
 # Numeric dtype kinds, ranked in the order weakly typed values (Python numbers) may widen.
@@ -229,6 +239,21 @@ def _align(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> list[tuple[Dim, 
 
 
 def _shape_matches(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
+    if Ellipsis not in pattern:  # the common case, checked without building pairs
+        if len(pattern) != len(shape):
+            return False
+        named: dict[str, int] | None = None
+        for d, s in zip(pattern, shape, strict=True):
+            if d is None:
+                continue
+            if type(d) is int:
+                if d != s:
+                    return False
+            else:  # a named dimension: repeats within one array must agree
+                named = {} if named is None else named
+                if named.setdefault(d, s) != s:  # type: ignore[arg-type]
+                    return False
+        return True
     fixed = [d for d in pattern if d is not Ellipsis]
     if len(shape) < len(fixed) or (Ellipsis not in pattern and len(shape) != len(fixed)):
         return False

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import ipaddress
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,12 @@ class ServerSettings(BaseModel):
         allow_nonfinite: accept NaN/inf in input, tangent and cotangent arrays.
         residual_bytes: byte budget of kept linearizations (`apply` with `keep`).
         residual_ttl: seconds a kept linearization lives at most.
-        threaded: run endpoints in a worker thread (keeps `/health` responsive during long
-            calls); `False` runs them on the event loop (slightly faster, blocks meanwhile).
+        threaded: run endpoints in worker threads, so `/health` and other requests are
+            answered during a long call; `False` runs every call on the event loop.
+        inline_below: with `threaded`, an endpoint whose last few runs each took less than
+            this many seconds (and whose request body is small) runs on the event loop
+            instead: handing a call to a thread and back costs ~0.2 ms, more than a small
+            call itself. One slower run sends the endpoint back to the threads. 0 disables.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +71,7 @@ class ServerSettings(BaseModel):
     residual_bytes: int = 512 * 2**20
     residual_ttl: float = 600.0
     threaded: bool = True
+    inline_below: float = 0.002
 
 
 def is_loopback(host: str) -> bool:
@@ -113,29 +119,34 @@ class _Unsupported(_Answered):
     status = 415
 
 
+def _too_large(limit: int, got: str) -> _TooLarge:
+    return _TooLarge(
+        f"request body of {got} exceeds the limit of {limit} bytes; send smaller arrays or "
+        "raise the server's max_body_bytes",
+        errors=[{"path": "(body)", "expected": f"<= {limit} bytes", "got": got}],
+    )
+
+
 async def _read_body(request: Request, limit: int) -> bytes | bytearray:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(
-            f"request body of {declared} bytes exceeds the limit of {limit} bytes; "
-            "send smaller arrays or raise the server's max_body_bytes",
-            errors=[
-                {"path": "(body)", "expected": f"<= {limit} bytes", "got": f"{declared} bytes"}
-            ],
-        )
-    if declared is not None and declared.isdigit() and int(declared) > 65536:
-        return await _read_declared(request, int(declared))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(
-                f"request body exceeds the limit of {limit} bytes; send smaller "
-                "arrays or raise the server's max_body_bytes",
-                errors=[{"path": "(body)", "expected": f"<= {limit} bytes", "got": "more"}],
-            )
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > limit:
+        raise _too_large(limit, f"{size} bytes")
+    if size is not None and size > 65536:
+        return await _read_declared(request, size)
+    chunks: list[bytes] = []
+    got = 0
+    while True:  # ASGI messages straight off `receive` (cheaper than Request.stream())
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise WireFormatError("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        got += len(chunk)
+        if got > limit:
+            raise _too_large(limit, "more bytes")
+        if not message.get("more_body", False):
+            return b"".join([*chunks, chunk]) if chunks else chunk
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _read_declared(request: Request, size: int) -> bytearray:
@@ -304,6 +315,17 @@ def _openapi_body(component: Component, name: str, defs: dict[str, Any]) -> dict
     }
 
 
+# Inline runs need this many consecutive quick runs first, and a body at most this large.
+_INLINE_AFTER = 3
+_INLINE_BODY = 64 * 1024
+
+
+def _timed_call(component: Component, name: str, req: dict[str, Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = _call(component, name, req)
+    return result, time.perf_counter() - start
+
+
 class _Service:
     """State shared by the routes: the component, its settings, the endpoint dispatch."""
 
@@ -311,6 +333,8 @@ class _Service:
         self.component = component
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chainrule")
+        # (endpoint, body size class) -> consecutive runs faster than inline_below
+        self._quick: dict[tuple[str, int], int] = {}
         component.residuals.max_bytes = settings.residual_bytes
         component.residuals.ttl = settings.residual_ttl
 
@@ -325,15 +349,23 @@ class _Service:
                 "(chainrule.connect(url, token=...))"
             )
 
-    async def _run(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
-        """Run an endpoint in a worker thread, so /health and other requests are answered
-        during a long call (plain `run_in_executor`: measured cheaper than anyio's threads)."""
+    async def _run(self, name: str, req: dict[str, Any], size: int) -> dict[str, Any]:
+        """Run an endpoint: in a worker thread, so /health and other requests are answered
+        during a long call (plain `run_in_executor`: measured cheaper than anyio's threads),
+        or on the event loop when the endpoint has proven quick (see `inline_below`)."""
         if not self.settings.threaded:
             return _call(self.component, name, req)
-        loop = asyncio.get_running_loop()
-        result: dict[str, Any] = await loop.run_in_executor(
-            self._pool, _call, self.component, name, req
-        )
+        # Keyed by body size too (within a factor of 2): bigger inputs usually mean more work.
+        key = (name, size.bit_length())
+        if size <= _INLINE_BODY and self._quick.get(key, 0) >= _INLINE_AFTER:
+            result, took = _timed_call(self.component, name, req)
+        else:
+            loop = asyncio.get_running_loop()
+            result, took = await loop.run_in_executor(
+                self._pool, _timed_call, self.component, name, req
+            )
+        quick = took < self.settings.inline_below
+        self._quick[key] = self._quick.get(key, 0) + 1 if quick else 0
         return result
 
     def route(self, name: str) -> Callable[[Request], Awaitable[Response]]:
@@ -345,7 +377,7 @@ class _Service:
                 req = _request(name, _wire.decode(body, incoming))
                 if not self.settings.allow_nonfinite:
                     _check_finite(req, "")
-                result = await self._run(name, req)
+                result = await self._run(name, req, len(body))
                 return _PartsResponse(_wire.encode_parts(result, outgoing), outgoing)
             except _Answered as e:
                 return error_response(e, e.status)

@@ -97,6 +97,10 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once (`json.loads` with options builds a decoder per call).
+_DECODER = json.JSONDecoder(parse_constant=_parse_constant, object_pairs_hook=_pairs)
+
+
 def _load_json(data: memoryview, where: str) -> Any:
     """Parse strict UTF-8 JSON from untrusted bytes, turning every failure into our error."""
     try:
@@ -110,7 +114,7 @@ def _load_json(data: memoryview, where: str) -> Any:
             "Encode the JSON text as UTF-8.",
         )
     try:
-        return json.loads(text, parse_constant=_parse_constant, object_pairs_hook=_pairs)
+        return _DECODER.decode(text)
     except RecursionError:
         _fail(
             where,

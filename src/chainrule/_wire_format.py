@@ -146,6 +146,9 @@ def content_type_of(header_value: str | None) -> str:
     """
     if header_value is None or not header_value.strip():
         return JSON
+    exact = _MEDIA.get(header_value)
+    if exact is not None:  # a bare media type (what chainrule peers send): no parsing
+        return exact
     best: str | None = None
     best_q = 0.0
     for item in header_value.split(","):
