@@ -7,7 +7,11 @@ Results are compared with the same function written in plain JAX (exact for AD b
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -288,3 +292,30 @@ def test_errors_from_an_already_compiled_function() -> None:
     with pytest.raises(cr.ComponentError, match="diverged late") as info, crj.errors():
         f(jnp.array([2.0]))
     assert isinstance(info.value.__cause__, FloatingPointError)
+
+
+def test_host_callbacks_skip_pure_callback_and_fall_back_to_it() -> None:
+    """Under the pinned JAX the primitives emit their host callbacks directly (no device_put
+    of every argument); with CHAINRULE_JAX_PURE_CALLBACK=1 (or a JAX without that internal
+    emitter) they go through pure_callback, and the transformation tests pass there too."""
+    from chainrule import _jax_primitives
+
+    assert _jax_primitives._EMIT is not None, "the fast host-callback path is not in use"
+    selection = "value_and_grad or jvp_vjp or vmap or scan or errors_surface or callback_path"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "CHAINRULE_JAX_PURE_CALLBACK": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "deselected" in done.stdout
+
+
+def test_callback_path_matches_the_environment() -> None:
+    from chainrule import _jax_primitives
+
+    forced = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
+    assert (_jax_primitives._EMIT is None) == forced

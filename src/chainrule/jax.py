@@ -14,6 +14,11 @@ and one `vjp` per component. vmap over tangents or cotangents alone maps onto th
 endpoints (one request per batch: `jacrev` of a remote component is one call); vmap over
 anything else loops inside one host callback.
 
+The host callbacks are emitted with JAX's internal emitter, which hands the host the numpy
+views XLA already has (`jax.pure_callback` would first put every argument on a device as a
+`jax.Array`, ~50-100 µs each); a JAX without that emitter, or the environment variable
+`CHAINRULE_JAX_PURE_CALLBACK=1`, falls back to `jax.pure_callback`.
+
 The primitives and their host functions live in `_jax_primitives`, their derivative and vmap
 rules in `_jax_rules`; this module builds the static spec of a call site and binds `call_p`
 (or traces an in-process JAX component inline).
