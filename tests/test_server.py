@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -364,30 +365,31 @@ def test_docs_page(strict: cr.Server) -> None:
         conn.close()
 
 
-def test_proven_quick_endpoints_run_on_the_event_loop() -> None:
-    """Quick calls skip the thread hand-off; one slow call sends the endpoint back to threads
-    (so a long call never blocks /health twice), and inline_below=0 always uses threads."""
+def test_calls_run_in_worker_threads_and_health_answers_meanwhile() -> None:
+    """A long call runs off the event loop: /health answers while it runs, and a call that
+    fails in a worker comes back as its structured error."""
     threads: list[str] = []
 
     def fn(inputs: In) -> Out:
         threads.append(threading.current_thread().name)
+        if inputs.scale < 0:
+            raise ArithmeticError("negative scale")
         time.sleep(float(inputs.scale))
         return Out(y=inputs.x, total=inputs.x.sum())
 
-    def call(url: str, scale: float) -> None:
-        body = {"inputs": {"x": [1.0, 2.0], "k": [0.0, 0.0], "scale": scale}}
-        cr.connect(url).apply(body["inputs"])
-
     comp = cr.component(fn, inputs=In, outputs=Out, backend="numpy", name="timed")
+    inputs = {"x": [1.0, 2.0], "k": [0.0, 0.0]}
     with cr.serve(comp) as server:
-        for _ in range(5):
-            call(server.url, 0.0)
-        assert [t.startswith("chainrule_") for t in threads] == [True] * 3 + [False] * 2
-        call(server.url, 0.05)  # runs inline (proven quick), measured slow
-        call(server.url, 0.0)
-        assert threads[-1].startswith("chainrule_")
-    threads.clear()
-    with cr.serve(comp, inline_below=0.0) as server:
-        for _ in range(5):
-            call(server.url, 0.0)
-        assert all(t.startswith("chainrule_") for t in threads)
+        remote = cr.connect(server.url)
+        slow = threading.Thread(target=remote.apply, args=({**inputs, "scale": 1.0},))
+        slow.start()
+        time.sleep(0.2)
+        start = time.perf_counter()
+        with urllib.request.urlopen(f"{server.url}/health", timeout=5) as answer:
+            assert answer.status == 200
+        assert time.perf_counter() - start < 0.5, "/health waited for the long call"
+        slow.join()
+        with pytest.raises(cr.ComponentError, match="negative scale"):
+            remote.apply({**inputs, "scale": -1.0})
+        assert remote.apply({**inputs, "scale": 0.0}).total == 3.0
+    assert threads and all(t.startswith("chainrule_") for t in threads)
