@@ -51,6 +51,15 @@ def to_torch(x: Any) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
+def _numpy(tree: Tree) -> Tree:
+    """CPU tensors as numpy views (no copy), so the outputs pass the exact-type check instead
+    of a second validation that would convert them one by one."""
+    return {
+        k: v.numpy() if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v
+        for k, v in tree.items()
+    }
+
+
 def _pick(tree: Tree, keys: tuple[str, ...]) -> Tree:
     return {k: tree[k] for k in keys}
 
@@ -190,9 +199,9 @@ class TorchBackend(Backend):
         if not keep:
             with torch.no_grad():
                 dout, nd = f(d)
-            return replace_leaves(box["template"], {**dout, **nd}), None
+            return replace_leaves(box["template"], _numpy({**dout, **nd})), None
         graph = _Graph.record(f, d)
-        out = replace_leaves(box["template"], {**graph.detached(), **graph.rest})
+        out = replace_leaves(box["template"], _numpy({**graph.detached(), **graph.rest}))
         nbytes = sum(int(v.nbytes) for v in {**d, **graph.outputs}.values())
         return out, Residual(graph, nbytes, out, p.values)
 
