@@ -18,6 +18,7 @@ from ._errors import (
     ComponentError,
     EndpointUnavailableError,
     LaunchError,
+    NonFiniteError,
     NotDifferentiableError,
     OutputValidationError,
     SchemaDefinitionError,
@@ -26,6 +27,7 @@ from ._errors import (
     ValidationError,
     WireFormatError,
 )
+from ._finite import check_finite
 from ._launch import Launched, launch
 from ._residuals import Handle, ResidualCache
 from ._schema import (
@@ -111,6 +113,7 @@ __all__ = [
     "Int64",
     "LaunchError",
     "Launched",
+    "NonFiniteError",
     "NotDifferentiableError",
     "OptimizeResult",
     "OutputValidationError",
@@ -127,6 +130,7 @@ __all__ = [
     "WireFormatError",
     "__version__",
     "build_env",
+    "check_finite",
     "check_gradients",
     "component",
     "connect",

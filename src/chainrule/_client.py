@@ -17,7 +17,7 @@ import urllib.parse
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import _wire
+from . import _finite, _wire
 from ._backends import Backend
 from ._component import Component
 from ._endpoints import DERIVATIVES
@@ -106,6 +106,8 @@ class Connection:
             headers["Content-Type"] = self.content_type
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if _finite.active():  # the server checks too, naming the component where NaN appears
+            headers[_finite.HEADER] = "1"
         return headers
 
     def _once(

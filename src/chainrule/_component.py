@@ -20,7 +20,7 @@ import numpy as np
 import pydantic
 from pydantic_core import PydanticCustomError
 
-from . import _tree
+from . import _finite, _tree
 from ._backends import Backend, FiniteDifferences, load_backend
 from ._endpoints import DERIVATIVES, Impl, resolve
 from ._errors import (
@@ -419,9 +419,15 @@ class Component:
             ) from e
 
     def _apply_point(self, p: Point, keep: bool) -> tuple[Schema, Residual | None]:
+        checking = _finite.active()
+        if checking:
+            _finite.check_values(self.name, "apply", "input", p.values.items(), made=False)
         with self._guard("apply"):
             raw, residual = self.backend.apply(p, keep)
         out = self._check_outputs(raw, p)
+        if checking:
+            outs = ((x.path, x.value) for x in _tree.leaves(out))
+            _finite.check_values(self.name, "apply", "output", outs, made=True)
         if residual is not None:
             residual.outputs = out
         if self.backend.cheap_eval_shape and self.backend.static_shapes:
@@ -460,9 +466,22 @@ class Component:
                 f"none can be derived from what it has ({sorted(self.impls)}); define one "
                 f"with @{self.name}.def_{endpoint}"
             )
+        checking = _finite.active()
+        if checking:
+            self._check_given(endpoint, p, request)
         with self._guard(endpoint):
             result = impl.fn(p, res, **request)
-        return _numpy_tree(result)
+        result = _numpy_tree(result)
+        if checking:
+            _finite.check_values(self.name, endpoint, "result", _flat_items(result), made=True)
+        return result
+
+    def _check_given(self, endpoint: str, p: Point, request: dict[str, Any]) -> None:
+        _finite.check_values(self.name, endpoint, "input", p.values.items(), made=False)
+        for role in ("tangents", "cotangents"):
+            given = request.get(role)
+            if isinstance(given, Mapping):
+                _finite.check_values(self.name, endpoint, role[:-1], given.items(), made=False)
 
     @overload
     def apply(self, inputs: Any, *, keep: Literal[False] = False) -> Any: ...
@@ -691,6 +710,15 @@ def _check_batch(arrays: Mapping[str, np.ndarray], role: str) -> None:
                 for p, n in sizes.items()
             ],
         )
+
+
+def _flat_items(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, array) of a nested result dict, e.g. a Jacobian's `{out: {in: block}}`."""
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _flat_items(v, f"{prefix}{k}" if not prefix else f"{prefix}/{k}")
+    else:
+        yield prefix, tree
 
 
 def _numpy_tree(value: Any) -> Any:

@@ -30,6 +30,7 @@ __all__ = [
     "ComponentError",
     "EndpointUnavailableError",
     "LaunchError",
+    "NonFiniteError",
     "NotDifferentiableError",
     "OutputValidationError",
     "SchemaDefinitionError",
@@ -94,6 +95,10 @@ class OutputValidationError(ComponentError):
     """The component returned outputs that do not match its output schema."""
 
 
+class NonFiniteError(ComponentError, FloatingPointError):
+    """With `check_finite` on: a NaN or inf went into or came out of a component call."""
+
+
 class SchemaDefinitionError(ChainruleError, TypeError):
     """A schema or component definition is malformed (raised when it is defined)."""
 
@@ -122,6 +127,7 @@ _CLASSES: dict[str, type[ChainruleError]] = {
         ShapesUnknownError,
         ComponentError,
         OutputValidationError,
+        NonFiniteError,
         SchemaDefinitionError,
         TransportError,
         AuthenticationError,

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import _tree, _wire
+from . import _finite, _tree, _wire
 from ._component import Component
 from ._endpoints import ENDPOINTS
 from ._errors import (
@@ -42,6 +42,8 @@ from ._residuals import Handle
 from ._schema import ShapeDtype
 
 __all__ = ["ServerSettings", "asgi_app", "create_app", "is_loopback"]
+
+_CHECK_HEADER = _finite.HEADER.lower()
 
 
 class ServerSettings(BaseModel):
@@ -264,8 +266,13 @@ def _shapes_tree(out: Any) -> dict[str, Any]:
     return {"outputs": _tree.replace_leaves(out, described).model_dump(), "leaves": list(described)}
 
 
-def _call(component: Component, name: str, req: dict[str, Any]) -> dict[str, Any]:
+def _call(component: Component, name: str, req: dict[str, Any], check: bool) -> dict[str, Any]:
     """Run endpoint `name` and shape its result as the response tree."""
+    with _finite.scoped(check):
+        return _run_endpoint(component, name, req)
+
+
+def _run_endpoint(component: Component, name: str, req: dict[str, Any]) -> dict[str, Any]:
     handle = req.pop("handle", None)
     if handle is not None:
         req["handle"] = Handle(handle, component.name)
@@ -389,12 +396,12 @@ class _Service:
                 "(chainrule.connect(url, token=...))"
             )
 
-    async def _run(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
+    async def _run(self, name: str, req: dict[str, Any], check: bool) -> dict[str, Any]:
         """Run an endpoint in a worker thread, so /health and other requests are answered
         during a long call."""
         if not self.settings.threaded:
-            return _call(self.component, name, req)
-        result: dict[str, Any] = await self._workers.run(_call, self.component, name, req)
+            return _call(self.component, name, req, check)
+        result: dict[str, Any] = await self._workers.run(_call, self.component, name, req, check)
         return result
 
     def route(self, name: str) -> Callable[[Request], Awaitable[Response]]:
@@ -406,7 +413,8 @@ class _Service:
                 req = _request(name, _wire.decode(body, incoming))
                 if not self.settings.allow_nonfinite:
                     _check_finite(req, "")
-                result = await self._run(name, req)
+                check = request.headers.get(_CHECK_HEADER) == "1"  # the client's check_finite
+                result = await self._run(name, req, check)
                 return _PartsResponse(_wire.encode_parts(result, outgoing), outgoing)
             except _Answered as e:
                 return error_response(e, e.status)
