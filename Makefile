@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-terrain test lint bench docs
+.PHONY: demo demo-terrain test lint bench bench-peer docs
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ bench: $(STAMP)
 	$(PY) bench/transport.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/overhead.py
+
+bench-peer: $(STAMP)
+	$(PY) bench/peer.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
