@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) bench/transport.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/overhead.py
+	$(PY) bench/load.py
 
 bench-peer: $(STAMP)
 	$(PY) bench/peer.py

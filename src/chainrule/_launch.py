@@ -56,7 +56,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_command(
-    python: Path, folder: Path, spec: ComponentSpec, host: str, port: int
+    python: Path, folder: Path, spec: ComponentSpec, host: str, port: int, workers: int = 1
 ) -> list[str]:
     """The argv that serves a component folder: `python -m chainrule serve file.py:obj ...`.
 
@@ -65,12 +65,14 @@ def server_command(
         folder: the component folder (absolute).
         spec: its spec (gives the entry).
         host, port: where the server listens.
+        workers: server processes sharing the port.
 
     Returns:
         The argv list.
     """
     target = f"{folder / spec.entry_file}:{spec.entry.rsplit(':', 1)[1]}"
-    return [str(python), "-m", "chainrule", "serve", target, "--host", host, "--port", str(port)]
+    argv = [str(python), "-m", "chainrule", "serve", target, "--host", host, "--port", str(port)]
+    return argv + (["--workers", str(workers)] if workers > 1 else [])
 
 
 def _client_host(host: str) -> str:
@@ -363,6 +365,7 @@ def launch(
     host: str = "127.0.0.1",
     startup_timeout: float = 120.0,
     restart: bool = True,
+    workers: int = 1,
     cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     client_factory: Callable[[str], Component] | None = None,
@@ -376,6 +379,8 @@ def launch(
         host: the address to bind; loopback by default.
         startup_timeout: seconds to wait for `GET /health` to answer 200.
         restart: restart the server if it dies (at most 5 times a minute).
+        workers: server processes sharing the port, for many concurrent clients (each keeps
+            its own residual handles; a handle reaching another process is recomputed).
         cache_dir: where environments are cached (see `build_env`).
         quiet: do not echo uv's progress while building the environment.
         client_factory: makes the client returned by `with launch(...) as comp`
@@ -396,7 +401,7 @@ def launch(
     spec = load_spec(root)
     if _command is None:
         python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
-        _command = functools.partial(server_command, python, root, spec)
+        _command = functools.partial(server_command, python, root, spec, workers=workers)
     launched = Launched(
         spec, _command, folder=root, host=host, port=port or free_port(host),
         startup_timeout=startup_timeout, client_factory=client_factory,

@@ -539,8 +539,14 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
     app.state.chainrule_routes = routes
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "name": component.name}
+    def health() -> dict[str, Any]:
+        cache = component.residuals  # kept linearizations: bounded by count, bytes and TTL
+        return {
+            "status": "ok",
+            "name": component.name,
+            "residuals": len(cache),
+            "residual_bytes": cache.nbytes,
+        }
 
     @app.get("/schema")
     def schema(request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 import time
@@ -152,3 +153,16 @@ def load_component(target: str) -> Component:
     if not isinstance(obj, Component):
         raise LaunchError(f"{target!r} is a {type(obj).__name__}, not a chainrule component")
     return obj
+
+
+# `chainrule serve --workers N` runs N server processes on one port (uvicorn's multiprocess
+# mode), which must import the app by name: the target and settings travel in these variables.
+TARGET_ENV = "CHAINRULE_SERVE_TARGET"
+SETTINGS_ENV = "CHAINRULE_SERVE_SETTINGS"
+
+
+def app_from_env() -> Any:
+    """The ASGI app of `$CHAINRULE_SERVE_TARGET` with `$CHAINRULE_SERVE_SETTINGS` (JSON), built
+    in each worker process of `chainrule serve --workers N`."""
+    settings = ServerSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    return asgi_app(load_component(os.environ[TARGET_ENV]), settings)
