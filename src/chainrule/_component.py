@@ -372,6 +372,8 @@ class Component:
     def _check_outputs(self, raw: Any, p: Point) -> Schema:
         # An instance the author's own Outputs(...) call validated needs no second pass.
         out = raw if _validated_numpy(raw, self.outputs) else self._validate_outputs(raw)
+        if _dims_agree(p.dims, out):  # the usual case, checked without building labels
+            return out
         if _tree.has_named_dims(type(p.inputs)) or _tree.has_named_dims(self.outputs):
             # Label the two sides so a mismatch says which field is an input, which an output.
             ins = [_tree.Leaf(f"inputs.{x.path}", x.spec, x.value) for x in p.leaves.values()]
@@ -665,6 +667,18 @@ def _construct_exact(model: type[Schema], data: Any) -> Schema | None:
         ):
             return None
     return model.model_construct(**data)
+
+
+def _dims_agree(dims: Mapping[str, int], out: Schema) -> bool:
+    """Whether the outputs' named dimensions agree with each other and with the inputs'."""
+    if not _tree.has_named_dims(type(out)):
+        return True
+    seen = dict(dims)
+    for leaf in _tree.leaves(out):
+        for name, size in leaf.spec.bind(tuple(leaf.value.shape)).items():
+            if seen.setdefault(name, size) != size:
+                return False
+    return True
 
 
 def _validated_numpy(raw: Any, outputs: type[Schema]) -> bool:

@@ -150,6 +150,17 @@ def _lower(value: Any, path: str, depth: int, on_array: ArrayHook) -> Any:
     Returns:
         Only `dict`, `list`, `str`, `int`, `float`, `bool` and `None`.
     """
+    kind = type(value)  # exact types first: one lookup instead of a chain of isinstance
+    if kind is dict:
+        _check_depth(depth + 1, path)
+        return {
+            _escape_key(key, path): _lower(item, _child(path, key), depth + 1, on_array)
+            for key, item in value.items()
+        }
+    if kind is np.ndarray:
+        return on_array(_wire_array(value, path), path)
+    if kind is bool or kind is int or value is None:
+        return value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):

@@ -244,10 +244,11 @@ def _raise(node: Any, path: str, depth: int, on_marker: MarkerHook) -> Any:
 # Decoding: binary
 
 
-def _check_descriptor(
-    descriptor: Any, index: int, data_size: int
-) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:
-    """Validate one entry of `header.arrays` against the data section's size.
+Descriptor = tuple[np.dtype[Any], tuple[int, ...], int, int]
+
+
+def _check_descriptor(descriptor: Any, index: int) -> Descriptor:
+    """Validate one entry of `header.arrays` (its fit in the body is `_check_fits`).
 
     Returns:
         `(dtype, shape, offset, nbytes)`, safe to hand to `np.frombuffer`.
@@ -282,15 +283,29 @@ def _check_descriptor(
             _describe(offset),
             f"Start every array at a {ALIGNMENT}-byte-aligned offset within the data section.",
         )
-    if offset + nbytes > data_size:
-        _fail(
-            f"{path}.offset",
-            "array extends past the end of the body (truncated body?)",
-            f"offset + nbytes <= {data_size} (the data section's size)",
-            f"{offset} + {nbytes} = {offset + nbytes}",
-            "Send the whole body; check that offsets are relative to the data section.",
-        )
     return dtype, shape, offset, nbytes
+
+
+def _check_fits(checked: list[Descriptor], data_size: int) -> None:
+    """Every array within the data section, and the section ending with the last one."""
+    for index, (_, _, offset, nbytes) in enumerate(checked):
+        if offset + nbytes > data_size:
+            _fail(
+                f"header.arrays[{index}].offset",
+                "array extends past the end of the body (truncated body?)",
+                f"offset + nbytes <= {data_size} (the data section's size)",
+                f"{offset} + {nbytes} = {offset + nbytes}",
+                "Send the whole body; check that offsets are relative to the data section.",
+            )
+    end = max((offset + nbytes for _, _, offset, nbytes in checked), default=0)
+    if end != data_size:
+        _fail(
+            "body",
+            "trailing bytes after the last array",
+            f"the data section to end at byte {end}",
+            f"{data_size} bytes",
+            "Do not pad after the last array; check header lengths and offsets.",
+        )
 
 
 def _read_prefix(body: memoryview) -> tuple[int, int]:
@@ -348,10 +363,9 @@ def _read_prefix(body: memoryview) -> tuple[int, int]:
     return header_length, data_start
 
 
-def _decode_binary(body: memoryview) -> Any:
-    """Decode an `application/x-chainrule` body; arrays are read-only views of `body`."""
-    header_length, data_start = _read_prefix(body)
-    header = _load_json(body[_PREFIX : _PREFIX + header_length], "header")
+def _read_header(data: bytes) -> tuple[Any, list[Descriptor]]:
+    """The tree and the checked array descriptors of a header."""
+    header = _load_json(memoryview(data), "header")
     fields = _check_keys(header, _HEADER_KEYS, "header", "header")
     descriptors = fields["arrays"]
     if not isinstance(descriptors, list):
@@ -362,17 +376,33 @@ def _decode_binary(body: memoryview) -> Any:
             _describe(descriptors),
             "Send `arrays` as a JSON list ([] when there are none).",
         )
-    data_size = len(body) - data_start
-    checked = [_check_descriptor(d, i, data_size) for i, d in enumerate(descriptors)]
-    end = max((offset + nbytes for _, _, offset, nbytes in checked), default=0)
-    if end != data_size:
-        _fail(
-            "body",
-            "trailing bytes after the last array",
-            f"the body to end at byte {data_start + end}",
-            f"{len(body)} bytes",
-            "Do not pad after the last array; check header lengths and offsets.",
-        )
+    return fields["tree"], [_check_descriptor(d, i) for i, d in enumerate(descriptors)]
+
+
+# Checked headers by their exact bytes: a peer making the same call again sends the same
+# header, which then costs a dict lookup instead of a JSON parse and a check of every field.
+# (The header's fit in each body is still checked per body.) Small headers only, bounded.
+_HEADERS: dict[bytes, tuple[Any, list[Descriptor]]] = {}
+_HEADER_CACHE_ENTRIES = 256
+_HEADER_CACHE_BYTES = 4096
+
+
+def _cached_header(data: bytes) -> tuple[Any, list[Descriptor]]:
+    found = _HEADERS.get(data)
+    if found is None:
+        found = _read_header(data)
+        if len(data) <= _HEADER_CACHE_BYTES:
+            while len(_HEADERS) >= _HEADER_CACHE_ENTRIES:
+                _HEADERS.pop(next(iter(_HEADERS)), None)
+            _HEADERS[data] = found
+    return found
+
+
+def _decode_binary(body: memoryview) -> Any:
+    """Decode an `application/x-chainrule` body; arrays are read-only views of `body`."""
+    header_length, data_start = _read_prefix(body)
+    tree, checked = _cached_header(bytes(body[_PREFIX : _PREFIX + header_length]))
+    _check_fits(checked, len(body) - data_start)
 
     def resolve(index: Any, path: str) -> np.ndarray:
         if not _is_int(index) or not 0 <= index < len(checked):
@@ -386,7 +416,7 @@ def _decode_binary(body: memoryview) -> Any:
         dtype, shape, offset, nbytes = checked[index]
         return _view(body, dtype, shape, data_start + offset, nbytes)
 
-    return _raise(fields["tree"], "", 0, resolve)
+    return _raise(tree, "", 0, resolve)
 
 
 # --------------------------------------------------------------------------------------------
