@@ -128,52 +128,34 @@ def _too_large(limit: int, got: str) -> _TooLarge:
 
 
 async def _read_body(request: Request, limit: int) -> bytes | bytearray:
+    """The request body, refused (413) as soon as it is known to exceed `limit`.
+
+    Chunks are appended to one bytearray as they arrive (writable, so arrays decoded from it
+    go to torch without a copy; growing it reallocates in place): memory grows only with what
+    was received, so declaring a huge body and sending nothing costs the server nothing.
+    Measured as fast as copying into a buffer preallocated to the declared size, and faster
+    than joining the chunks at the end.
+    """
     declared = request.headers.get("content-length")
-    size = int(declared) if declared is not None and declared.isdigit() else None
-    if size is not None and size > limit:
-        raise _too_large(limit, f"{size} bytes")
-    if size is not None and size > 65536:
-        return await _read_declared(request, size)
-    chunks: list[bytes] = []
-    got = 0
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, f"{declared} bytes")
+    buffer: bytearray | None = None
     while True:  # ASGI messages straight off `receive` (cheaper than Request.stream())
         message = await request.receive()
         if message["type"] == "http.disconnect":
             raise WireFormatError("the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
-        got += len(chunk)
-        if got > limit:
+        last = not message.get("more_body", False)
+        if buffer is None and last:  # the whole body in one message: no copy
+            if len(chunk) > limit:
+                raise _too_large(limit, "more bytes")
+            return chunk
+        buffer = bytearray() if buffer is None else buffer
+        buffer += chunk
+        if len(buffer) > limit:
             raise _too_large(limit, "more bytes")
-        if not message.get("more_body", False):
-            return b"".join([*chunks, chunk]) if chunks else chunk
-        chunks.append(chunk)
-
-
-async def _read_declared(request: Request, size: int) -> bytearray:
-    """A large body of known size, copied once into one preallocated buffer (measured ~30%
-    faster than collecting chunks and joining them)."""
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise WireFormatError("the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        if got + len(chunk) > size:
-            raise WireFormatError(
-                f"the body is longer than its Content-Length ({size} bytes)",
-                errors=[{"path": "(body)", "expected": f"{size} bytes", "got": "more"}],
-            )
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
-        if not message.get("more_body", False):
-            break
-    if got != size:
-        raise WireFormatError(
-            f"the body ended after {got} of its {size} declared bytes",
-            errors=[{"path": "(body)", "expected": f"{size} bytes", "got": f"{got} bytes"}],
-        )
-    return buffer
+        if last:
+            return buffer
 
 
 def _content_types(request: Request) -> tuple[str, str]:
@@ -352,13 +334,17 @@ class _Workers:
 
 def _work(jobs: queue.SimpleQueue[Any]) -> None:
     while (job := jobs.get()) is not None:
-        loop, future, fn, args = job
-        try:
-            outcome: tuple[bool, Any] = (True, fn(*args))
-        except BaseException as e:  # handed to the waiting request, which answers it
-            outcome = (False, e)
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(_settle, future, *outcome)
+        _do(*job)
+        del job  # waiting for the next job must not keep this one's arrays alive
+
+
+def _do(loop: asyncio.AbstractEventLoop, future: Any, fn: Callable[..., Any], args: Any) -> None:
+    try:
+        outcome: tuple[bool, Any] = (True, fn(*args))
+    except BaseException as e:  # handed to the waiting request, which answers it
+        outcome = (False, e)
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(_settle, future, *outcome)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -537,6 +523,18 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
     routes = {f"/{n}": service.route(n) for n in component.endpoints}
     app.add_middleware(_FastPath, routes=routes)
     app.state.chainrule_routes = routes
+
+    if settings.token is not None:  # /openapi.json, /docs and /redoc describe it too
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next: Any) -> Response:
+            if request.url.path != "/health" and request.url.path not in routes:
+                try:
+                    service.authorize(request)
+                except AuthenticationError as e:
+                    return error_response(e)
+            response: Response = await call_next(request)
+            return response
 
     @app.get("/health")
     def health() -> dict[str, Any]:
