@@ -101,41 +101,8 @@ def servers() -> Iterator[Servers]:
     s.stop()
 
 
-# 5xx answers of the bugs whose fixes wait in /tmp/fuzz_patches, by a piece of the message
-# (each also has a strict-xfail regression test below): drop an entry with its patch.
-PENDING: dict[str, tuple[str, ...]] = {
-    "01-fd-vjp-empty-arrays": (
-        "cannot reshape array of size 0",
-        "index 0 is out of bounds for axis 0 with size 0",
-    ),
-    "04-empty-batch": (
-        "need at least one array to stack",
-        "vmap wrapped function must be passed at least one argument",
-        "Expected at least one Tensor to vmap over",
-        "index 0 is out of bounds for dimension 0 with size 0",
-    ),
-    "05-torch-jvp-no-tangents": ("Expected primals to contain at least one Tensor",),
-    "06-empty-jacobian": (
-        "at least one array or dtype is required",
-        "tensors must have at least one element",
-        "Expected f to be a function that has non-empty output",
-    ),
-}
-
-
-def _pending(status: int, content: bytes) -> bool:
-    if status != 500:
-        return False
-    error = json.loads(content)["error"]
-    return error["type"] == "ComponentError" and any(
-        piece in error["message"] for pieces in PENDING.values() for piece in pieces
-    )
-
-
 def _check_answer(status: int, ctype: str, content: bytes, what: str) -> None:
     """No 5xx; errors are structured chainrule errors; successes decode."""
-    if _pending(status, content):
-        return
     assert status < 500, f"{what}: {status} {content[:600]!r}"
     if status >= 400:
         error = json.loads(content)["error"]
@@ -274,11 +241,7 @@ def test_schemathesis_finds_no_server_error(servers: Servers, name: str) -> None
 
 
 # --------------------------------------------------------------------------------------------
-# Bugs the fuzzing found: regression tests (their fixes wait in /tmp/fuzz_patches)
-
-
-def _pending_fix(patch: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(reason=f"needs /tmp/fuzz_patches/{patch}.patch", strict=True)
+# Bugs the fuzzing found (each answered 500 before its fix): regression tests
 
 
 COMPONENTS.update(
@@ -298,7 +261,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "vjp",
             {"inputs": {"x": []}, "cotangents": {"y": []}},
             200,
-            marks=_pending_fix("01-fd-vjp-empty-arrays"),
             id="fd-vjp-empty-input",
         ),
         pytest.param(
@@ -306,7 +268,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "batched_vjp",
             {"inputs": {"x": []}, "cotangents": {"y": [[], []]}},
             200,
-            marks=_pending_fix("01-fd-vjp-empty-arrays"),
             id="fd-batched-vjp-empty-input",
         ),
         pytest.param(
@@ -314,7 +275,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "vjp",
             {"inputs": X3, "cotangents": {}},
             200,
-            marks=_pending_fix("01-fd-vjp-empty-arrays"),
             id="fd-vjp-no-cotangent",
         ),
         pytest.param(
@@ -322,7 +282,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "batched_vjp",
             {"inputs": X3, "cotangents": {"y": np.zeros((0, 3))}},
             422,
-            marks=_pending_fix("04-empty-batch"),
             id="fd-batch-of-0",
         ),
         pytest.param(
@@ -330,7 +289,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "batched_vjp",
             {"inputs": X3, "cotangents": {"y": np.zeros((0, 3))}},
             422,
-            marks=_pending_fix("04-empty-batch"),
             id="torch-batch-of-0",
         ),
         pytest.param(
@@ -338,7 +296,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "batched_jvp",
             {"inputs": X3, "tangents": {}},
             422,
-            marks=_pending_fix("04-empty-batch"),
             id="jax-batched-no-tangent",
         ),
         pytest.param(
@@ -346,7 +303,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "batched_jvp",
             {"inputs": X3, "tangents": {}},
             422,
-            marks=_pending_fix("04-empty-batch"),
             id="torch-batched-no-tangent",
         ),
         pytest.param(
@@ -354,7 +310,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "jvp",
             {"inputs": X3, "tangents": {}},
             200,
-            marks=_pending_fix("05-torch-jvp-no-tangents"),
             id="torch-jvp-no-tangent",
         ),
         pytest.param(
@@ -362,7 +317,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "jacobian",
             {"inputs": X3, "wrt": []},
             200,
-            marks=_pending_fix("06-empty-jacobian"),
             id="jax-jacobian-wrt-nothing",
         ),
         pytest.param(
@@ -370,7 +324,6 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             "jacobian",
             {"inputs": X3, "of": []},
             200,
-            marks=_pending_fix("06-empty-jacobian"),
             id="torch-jacobian-of-nothing",
         ),
     ],

@@ -256,7 +256,6 @@ def test_several_authorization_headers_do_not_help(guarded: cr.Server) -> None:
     assert status in (400, 401), data  # refused either by uvicorn or by the token check
 
 
-@pytest.mark.xfail(reason="needs /tmp/fuzz_patches/03-guard-openapi-docs.patch", strict=True)
 def test_openapi_and_docs_pages_need_the_token_too(guarded: cr.Server) -> None:
     """`ServerSettings.token` is "the bearer token every request must carry"; /schema asks for
     it, but FastAPI's /openapi.json, /docs and /redoc (the same schemas, and more) did not."""
@@ -382,7 +381,6 @@ def _rss() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
-@pytest.mark.xfail(reason="needs /tmp/fuzz_patches/02-no-preallocation.patch", strict=True)
 def test_a_declared_length_is_not_allocated_before_the_bytes_arrive() -> None:
     """A request declaring a body just under `max_body_bytes` (default 1 GiB) and then sending
     nothing made the server allocate (and zero) the whole buffer at once, per connection: a

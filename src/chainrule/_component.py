@@ -545,7 +545,10 @@ class Component:
         """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
         p = self.point(inputs)
         res = self.residuals.get(handle, p.values)
-        return self._run("jacobian", p, res, wrt=self._wrt(p, wrt), of=self._of(p, of, res))
+        wrt_paths, of_paths = self._wrt(p, wrt), self._of(p, of, res)
+        if not wrt_paths or not of_paths:  # an empty Jacobian; jax and torch cannot build one
+            return {o: {} for o in of_paths}
+        return self._run("jacobian", p, res, wrt=wrt_paths, of=of_paths)
 
     def batched_jvp(
         self,
@@ -715,6 +718,21 @@ def _require_mapping(value: Any, role: str, kind: str, paths: Sequence[str]) -> 
 
 def _check_batch(arrays: Mapping[str, np.ndarray], role: str) -> None:
     sizes = {p: a.shape[0] for p, a in arrays.items() if "batched" in role}
+    if "batched" in role and not sizes:
+        raise ValidationError(
+            f"{role} are empty; a batched call takes its batch size from them: give at least "
+            "one leaf, with a leading batch axis",
+            errors=[{"path": role, "expected": "at least one leaf", "got": "{}"}],
+        )
+    if 0 in sizes.values():
+        raise ValidationError(
+            f"{role} have batch size 0; send at least one row along the leading axis",
+            errors=[
+                {"path": f"{role}.{p}", "expected": "batch size >= 1", "got": n}
+                for p, n in sizes.items()
+                if n == 0
+            ],
+        )
     if len(set(sizes.values())) > 1:
         first = next(iter(sizes.values()))
         raise ValidationError(

@@ -206,6 +206,8 @@ class NumpyBackend(Backend):
     def vjp(
         self, p: Point, res: Residual | None, cotangents: Arrays, wrt: tuple[str, ...]
     ) -> Arrays:
+        if not cotangents:  # a zero cotangent; the batched form would have no row to take
+            return {w: np.zeros_like(p.values[w]) for w in wrt}
         batched = {k: v[None] for k, v in cotangents.items()}
         return {k: v[0] for k, v in self.batched_vjp(p, res, batched, wrt).items()}
 
@@ -218,7 +220,9 @@ class NumpyBackend(Backend):
         for w in wrt:
             acc = np.zeros((size, *p.values[w].shape))
             for o, c in cotangents.items():
-                flat = c.reshape(size, -1) @ jac[o][w].reshape(c[0].size, -1)
+                # Explicit sizes: -1 is ambiguous when an array (or the batch) is empty.
+                n_out = math.prod(c.shape[1:])
+                flat = c.reshape(size, n_out) @ jac[o][w].reshape(n_out, p.values[w].size)
                 acc = acc + flat.reshape(acc.shape)
             out[w] = acc.astype(p.values[w].dtype)
         return out

@@ -234,7 +234,7 @@ class TorchBackend(Backend):
 
     def jvp(self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]) -> Tree:
         t = {k: to_torch(v) for k, v in tangents.items()}
-        if res is not None:
+        if res is not None or not t:  # no tangent: the graph answers zeros (torch.func cannot)
             return self._graph(p, res).jvp(t, of)
         g, primals = self._diff_fn(p, tuple(t))
         return _pick(tf.jvp(g, (primals,), (t,))[1], of)
