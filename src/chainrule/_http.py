@@ -18,6 +18,22 @@ _MAX_LINE = 65536
 _SMALL = 64 * 1024  # bodies up to this size go out in the same send as the headers
 
 
+_IOV_MAX = 512  # pieces per sendmsg call (Linux allows 1024)
+
+
+def _send_pieces(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
+    """Send `pieces` in order with scatter/gather `sendmsg`: one system call for the whole
+    body where the kernel takes it, and no joining copy in user space."""
+    views = [memoryview(p).cast("B") for p in pieces if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
 class RawConnection:
     """One keep-alive connection to `host:port` (reconnects after a close)."""
 
@@ -57,9 +73,7 @@ class RawConnection:
         lines.append(f"Content-Length: {size}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if size > _SMALL:
-            self._sock.sendall(head)
-            for part in parts:
-                self._sock.sendall(part)
+            _send_pieces(self._sock, [head, *parts])
         else:
             self._sock.sendall(b"".join([head, *parts]))
         status, response_headers = self._read_head()
