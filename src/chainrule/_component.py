@@ -289,6 +289,11 @@ class Component:
 
     def _output_specs(self, p: Point, res: Residual | None) -> dict[str, tuple[ArraySpec, Any]]:
         """{output path: (spec, shape or None)}: exact shapes when known cheaply."""
+        static = _static_leaves(self.outputs)
+        if static is not None:  # shapes fixed by the declaration and the inputs' named dims
+            bound = {k: (s, _bound(s.shape, p.dims)) for k, s in static}
+            if all(type(d) is int for _, shape in bound.values() for d in shape):
+                return bound
         known = p.out_leaves(res, run=False)
         if known is None and _tree.class_leaves(self.outputs) is None:
             known = p.out_leaves(res, run=True)
@@ -648,28 +653,51 @@ def _construct_exact(model: type[Schema], data: Any) -> Schema | None:
     Arrays that crossed the wire or came from another component are usually exact already;
     this skips a validation pass that costs more than a small call itself.
     """
-    flat = _tree.flat_fields(model)
-    if flat is None or type(data) is not dict:
+    plan = _exact_plan(model)
+    if plan is None or type(data) is not dict:
         return None
-    fields = model.model_fields
-    if any(key not in fields for key in data):
+    steps, names = plan
+    if not names.issuperset(data):  # unknown keys
         return None
-    for name, spec in flat:
-        if name not in data:
-            if fields[name].is_required():
+    for name, spec, kind, required in steps:
+        value = data.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
                 return None
-            continue
-        value = data[name]
-        if spec is None:
-            if type(value) is not fields[name].annotation:
+        elif spec is None:
+            if type(value) is not kind:
                 return None
         elif not (
-            type(value) is np.ndarray
-            and value.dtype == spec.dtype
-            and _shape_ok(spec.shape, value.shape)
+            type(value) is np.ndarray and value.dtype == kind and _shape_ok(spec.shape, value.shape)
         ):
             return None
     return model.model_construct(**data)
+
+
+_MISSING = object()
+
+
+@functools.cache
+def _static_leaves(model: type[Schema]) -> tuple[tuple[str, ArraySpec], ...] | None:
+    """The array leaves a schema class fixes (None when the instance decides), cached."""
+    found = _tree.class_leaves(model)
+    return None if found is None else tuple(found.items())
+
+
+@functools.cache
+def _exact_plan(model: type[Schema]) -> tuple[tuple[Any, ...], frozenset[str]] | None:
+    """Per flat schema: `(field, spec, dtype or annotation, required)` for each field, and
+    the field names: what `_construct_exact` checks, looked up once per class."""
+    flat = _tree.flat_fields(model)
+    if flat is None:
+        return None
+    fields = model.model_fields
+    steps = tuple(
+        (name, spec, spec.dtype if spec is not None else fields[name].annotation,
+         fields[name].is_required())
+        for name, spec in flat
+    )  # fmt: skip
+    return steps, frozenset(fields)
 
 
 def _dims_agree(dims: Mapping[str, int], out: Schema) -> bool:
