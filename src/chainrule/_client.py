@@ -17,7 +17,7 @@ import urllib.parse
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import _finite, _wire
+from . import _finite, _tree, _wire
 from ._backends import Backend
 from ._component import Component
 from ._endpoints import DERIVATIVES
@@ -240,21 +240,21 @@ class RemoteBackend(Backend):
 
     @staticmethod
     def _body(p: Point, res: Residual | None, **request: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"inputs": p.inputs.model_dump()}
+        body: dict[str, Any] = {"inputs": _tree.dump(p.inputs)}
         body.update({k: list(v) if isinstance(v, tuple) else v for k, v in request.items()})
         if res is not None and isinstance(res.data, str):
             body["handle"] = res.data
         return body
 
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
-        body = {"inputs": p.inputs.model_dump(), "keep": keep}
+        body = {"inputs": _tree.dump(p.inputs), "keep": keep}
         answer = self.conn.call("/apply", body)
         if not keep:
             return answer["outputs"], None
         return answer["outputs"], Residual(answer["handle"], 0, None, p.values)
 
     def eval_shape(self, p: Point) -> Any:
-        answer = self.conn.call("/eval_shape", {"inputs": p.inputs.model_dump()})
+        answer = self.conn.call("/eval_shape", {"inputs": _tree.dump(p.inputs)})
         tree = answer["outputs"]
         for path in answer["leaves"]:
             info = _lookup(tree, path)

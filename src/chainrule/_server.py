@@ -262,8 +262,8 @@ def _run_endpoint(component: Component, name: str, req: dict[str, Any]) -> dict[
     if name == "apply":
         if req.get("keep"):
             out, kept = component.apply(inputs, keep=True)
-            return {"outputs": out.model_dump(), "handle": kept.id}
-        return {"outputs": component.apply(inputs).model_dump()}
+            return {"outputs": _tree.dump(out), "handle": kept.id}
+        return {"outputs": _tree.dump(component.apply(inputs))}
     if name == "eval_shape":
         return _shapes_tree(component.eval_shape(inputs))
     method: Callable[..., Any] = getattr(component, name)

@@ -183,6 +183,14 @@ def _flat_fields(model: Any) -> tuple[tuple[str, ArraySpec | None], ...] | None:
     return tuple(out)
 
 
+def dump(instance: BaseModel) -> dict[str, Any]:
+    """`instance.model_dump()`; for flat schemas without Pydantic's serializer, which returns
+    their arrays and plain values unchanged anyway (a hot path: every remote call)."""
+    if flat_fields(type(instance)) is not None:
+        return dict(instance.__dict__)
+    return instance.model_dump()
+
+
 def has_named_dims(model: type[BaseModel]) -> bool:
     """Whether any array of the model (if its structure is fixed) has a named dimension."""
     return _has_named_dims(model)
