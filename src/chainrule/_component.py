@@ -294,12 +294,10 @@ class Component:
             bound = {k: (s, _bound(s.shape, p.dims)) for k, s in static}
             if all(type(d) is int for _, shape in bound.values() for d in shape):
                 return bound
-        known = p.out_leaves(res, run=False)
-        if known is None and _tree.class_leaves(self.outputs) is None:
-            known = p.out_leaves(res, run=True)
+        known = p.out_leaves(res, run=static is None)
         if known is not None:
             return {k: (x.spec, tuple(x.value.shape)) for k, x in known.items()}
-        return {k: (s, None) for k, s in (_tree.class_leaves(self.outputs) or {}).items()}
+        return {k: (s, None) for k, s in static or ()}
 
     def _output_leaf(self, p: Point, path: str, role: str, specs: Mapping[str, Any]) -> Any:
         diff = [k for k, (s, _) in specs.items() if s.differentiable]
@@ -428,7 +426,7 @@ class Component:
     def _apply_point(self, p: Point, keep: bool) -> tuple[Schema, Residual | None]:
         checking = _finite.active()
         if checking:
-            _finite.check_values(self.name, "apply", "input", p.values.items(), made=False)
+            self._check_given("apply", p, {})
         with self._guard("apply"):
             raw, residual = self.backend.apply(p, keep)
         out = self._check_outputs(raw, p)

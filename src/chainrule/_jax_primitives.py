@@ -121,7 +121,8 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
     out, handle = spec.component._apply_kept(p, keep)
     found = {x.path: x.value for x in leaves(out)}
     result = [
-        np.asarray(found[p], a.dtype) for p, a in zip(spec.out_paths, spec.out_avals, strict=True)
+        np.asarray(found[path], aval.dtype)
+        for path, aval in zip(spec.out_paths, spec.out_avals, strict=True)
     ]
     if keep:
         result.append(np.asarray(_new_token(handle, p) if handle else 0, np.int64))

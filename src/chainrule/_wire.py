@@ -150,25 +150,21 @@ def _lower(value: Any, path: str, depth: int, on_array: ArrayHook) -> Any:
     Returns:
         Only `dict`, `list`, `str`, `int`, `float`, `bool` and `None`.
     """
-    kind = type(value)  # exact types first: one lookup instead of a chain of isinstance
-    if kind is dict:
+    # Most common first (dicts, arrays); numpy scalars before int/float, which np.float64
+    # subclasses; bool before int.
+    if isinstance(value, dict):
         _check_depth(depth + 1, path)
         return {
             _escape_key(key, path): _lower(item, _child(path, key), depth + 1, on_array)
             for key, item in value.items()
         }
-    if kind is np.ndarray:
+    if isinstance(value, (np.ndarray, np.generic)):
         return on_array(_wire_array(value, path), path)
-    if kind is bool or kind is int or value is None:
-        return value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         _check_text(value, path, "string")
         return value
-    # Before int/float: np.float64 subclasses float, and numpy scalars become 0-d arrays.
-    if isinstance(value, (np.ndarray, np.generic)):
-        return on_array(_wire_array(value, path), path)
     if isinstance(value, int):
         return int(value)  # drops IntEnum and other subclasses to a plain JSON number
     if isinstance(value, float):
@@ -181,12 +177,6 @@ def _lower(value: Any, path: str, depth: int, on_array: ArrayHook) -> Any:
                 "Wrap it in a numpy array, e.g. `np.float64(x)`, so it travels as raw bytes.",
             )
         return float(value)
-    if isinstance(value, dict):
-        _check_depth(depth + 1, path)
-        return {
-            _escape_key(key, path): _lower(item, _child(path, key), depth + 1, on_array)
-            for key, item in value.items()
-        }
     if isinstance(value, (list, tuple)):
         _check_depth(depth + 1, path)
         return [_lower(item, _child(path, i), depth + 1, on_array) for i, item in enumerate(value)]

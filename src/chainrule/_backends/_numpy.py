@@ -52,7 +52,6 @@ class NumpyBackend(Backend):
     ) -> None:
         super().__init__(fn, inputs, outputs)
         self.options = options or FiniteDifferences()
-        self._shapes: dict[tuple[tuple[str, int], ...], Any] = {}
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -72,17 +71,6 @@ class NumpyBackend(Backend):
         return out, Residual({"outputs": out}, nbytes, out, p.values)
 
     def eval_shape(self, p: Point) -> Any:
-        # Shapes follow from the output specs and the named dimensions alone: memoized by
-        # those (validating every vjp's cotangents asks for them).
-        key = tuple(sorted(p.dims.items()))
-        shapes = self._shapes.get(key)
-        if shapes is None:
-            shapes = self._shapes[key] = self._eval_shape(p)
-            while len(self._shapes) > 64:
-                self._shapes.pop(next(iter(self._shapes)))
-        return shapes
-
-    def _eval_shape(self, p: Point) -> Any:
         specs = class_leaves(self.outputs)
         fields = set(self.outputs.model_fields)
         why = None
