@@ -18,7 +18,6 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transport import start_server
 
 import chainrule as cr
 
@@ -98,30 +98,6 @@ def concurrent(url: str, clients: int, calls: int, processes: bool) -> dict[str,
     }
 
 
-def start_server(target: str, tmpdir: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`chainrule serve target` in its own process with its own TMPDIR; (process, url)."""
-    from chainrule._launch import free_port
-
-    port = free_port()
-    env = {**os.environ, "TMPDIR": tmpdir}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chainrule", "serve", target, "--port", str(port), *extra],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{target} did not start")
-
-
 def _rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -137,7 +113,7 @@ def soak(calls: int, progress: Callable[[int], None] | None = None) -> dict[str,
     """`calls` requests (apply keeping a linearization, then vjp with the handle) to one
     server; its memory, open files and temporary folder before and after."""
     with tempfile.TemporaryDirectory() as tmpdir:
-        proc, url = start_server(SCALE, tmpdir)
+        proc, url = start_server(SCALE, tmpdir=tmpdir)
         try:
             comp = cr.connect(url)
             x = np.linspace(0.0, 1.0, 1000)
@@ -206,7 +182,7 @@ def main() -> None:
 
     print(f"chainrule load benchmark: {clients} clients x {calls} (apply + vjp)")
     with tempfile.TemporaryDirectory() as tmpdir:
-        proc, url = start_server(SCALE, tmpdir)
+        proc, url = start_server(SCALE, tmpdir=tmpdir)
         try:
             run = concurrent(url, clients, calls, processes=False)
         finally:

@@ -12,6 +12,7 @@ vjp: x and the cotangent in, the gradient out).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -38,41 +39,47 @@ def _median_time(fn: Callable[[], object], budget: float, max_repeats: int) -> f
     return statistics.median(times)
 
 
-def _start_server(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    target = f"{HERE / 'components.py'}:scale"
+def start_server(
+    target: str, *extra: str, tmpdir: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`chainrule serve target` in its own process on a free port (its TMPDIR set if given),
+    once `/health` answers; returns (process, url)."""
+    from chainrule._launch import free_port
+
+    port = free_port()
+    env = {**os.environ, "TMPDIR": tmpdir} if tmpdir is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "chainrule", "serve", target, "--port", str(port), *extra],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc
+            urllib.request.urlopen(f"{url}/health", timeout=1).read()
+            return proc, url
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("the benchmark server did not start")
+    raise RuntimeError(f"{target} did not start")
 
 
 def run(sizes: list[int], budget: float) -> list[dict[str, object]]:
     sys.path.insert(0, str(HERE))
     from components import scale  # the same component the server serves
 
-    from chainrule._launch import free_port
-
-    port, inline_port = free_port(), free_port()
-    server = _start_server(port)
-    inline = _start_server(inline_port, "--no-threads")  # calls on the event loop
+    target = f"{HERE / 'components.py'}:scale"
+    server, url = start_server(target)
+    inline, inline_url = start_server(target, "--no-threads")  # calls on the event loop
     rows: list[dict[str, object]] = []
     try:
-        url = f"http://127.0.0.1:{port}"
         transports = {
             "in-process": scale,
             "http-binary": cr.connect(url),
             "http-json": cr.connect(url, content_type="application/json"),
-            "http-binary, no threads": cr.connect(f"http://127.0.0.1:{inline_port}"),
+            "http-binary, no threads": cr.connect(inline_url),
         }
         for n in sizes:
             x = {"x": np.linspace(0.0, 1.0, n)}

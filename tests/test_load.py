@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_client_threads_against_one_server(tmp_path: Path) -> None:
     from components import scale
 
-    proc, url = load.start_server(load.SCALE, str(tmp_path))
+    proc, url = load.start_server(load.SCALE, tmpdir=str(tmp_path))
     try:
         run = load.concurrent(url, clients=6, calls=20, processes=False)
     finally:
