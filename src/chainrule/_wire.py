@@ -211,8 +211,72 @@ def _encode_binary(tree: Any) -> bytes:
     return b"".join(_binary_parts(tree))
 
 
+class _Uncached(Exception):
+    """A tree `_layout_key` does not describe: encode it the general way."""
+
+
+def _layout_key(value: Any, arrays: list[np.ndarray]) -> Any:
+    """A hashable description of everything a binary header says about `value`: its keys,
+    scalar values with their types, and each array's dtype and shape (the arrays themselves
+    are collected into `arrays`, in the order the header lists them).
+
+    Only the plain cases a component call makes: str-keyed dicts, wire-ready arrays,
+    None/bool/int/str scalars. Anything else (floats, lists, numpy scalars, keys needing an
+    escape, arrays needing a conversion) raises `_Uncached`.
+    """
+    kind = type(value)
+    if kind is dict:
+        items = []
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or key.startswith("$"):
+                raise _Uncached
+            items.append((key, _layout_key(item, arrays)))
+        return (dict, *items)
+    if kind is np.ndarray:
+        if value.dtype not in _NAMES or not value.flags.c_contiguous or value.ndim > MAX_NDIM:
+            raise _Uncached
+        arrays.append(value)
+        return (np.ndarray, value.dtype, value.shape)
+    if value is None or kind is bool or kind is int or (kind is str and value.isascii()):
+        return (kind, value)
+    raise _Uncached
+
+
+# Encoded headers by layout: an optimization loop sends the same layout on every call, which
+# then costs one walk of the tree instead of lowering it and writing its JSON. Bounded.
+_LAYOUTS: dict[Any, tuple[bytes, tuple[int, ...]]] = {}
+_LAYOUT_CACHE_ENTRIES = 256
+
+
 def _binary_parts(tree: Any) -> list[bytes | memoryview]:
     """The binary body as pieces: header bytes, padding, and views of the arrays' memory."""
+    arrays: list[np.ndarray] = []
+    try:
+        key: Any = _layout_key(tree, arrays)
+    except (_Uncached, RecursionError):
+        key = None
+    cached = _LAYOUTS.get(key) if key is not None else None
+    if cached is not None:
+        head, offsets = cached
+    else:
+        head, offsets, arrays = _binary_header(tree)  # the arrays as converted for the wire
+        if key is not None and len(head) <= 4096:
+            while len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
+                _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
+            _LAYOUTS[key] = head, offsets
+    parts: list[bytes | memoryview] = [head]
+    end = 0
+    for array, offset in zip(arrays, offsets, strict=True):
+        if offset != end:
+            parts.append(bytes(offset - end))
+        parts.append(_raw(array))
+        end = offset + array.nbytes
+    return parts
+
+
+def _binary_header(tree: Any) -> tuple[bytes, tuple[int, ...], list[np.ndarray]]:
+    """The header of `tree`'s binary body (magic, length, JSON, padding), the offset of each
+    array in the data section, and the arrays (wire-ready) in header order."""
     arrays: list[np.ndarray] = []
 
     def add(array: np.ndarray, path: str) -> dict[str, int]:
@@ -231,13 +295,7 @@ def _binary_parts(tree: Any) -> list[bytes | memoryview]:
     ]
     header = _dump({"tree": lowered, "arrays": descriptors})
     prefix = MAGIC + struct.pack("<Q", len(header)) + header
-    parts: list[bytes | memoryview] = [prefix, bytes(_align(len(prefix)) - len(prefix))]
-    end = 0
-    for array, offset in zip(arrays, offsets, strict=True):
-        parts.append(bytes(offset - end))
-        parts.append(_raw(array))
-        end = offset + array.nbytes
-    return parts
+    return prefix + bytes(_align(len(prefix)) - len(prefix)), tuple(offsets), arrays
 
 
 def encode_parts(tree: Any, content_type: str = BINARY) -> list[bytes | memoryview]:

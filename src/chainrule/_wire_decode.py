@@ -188,13 +188,11 @@ def _check_keys(node: Any, keys: frozenset[str], path: str, what: str) -> dict[s
     return node
 
 
-def _view(
-    buffer: Any, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int, nbytes: int
-) -> np.ndarray:
-    """Zero-copy array over `buffer[offset:offset + nbytes]` (bounds already checked)."""
-    return np.frombuffer(
-        buffer, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset
-    ).reshape(shape)
+def _view(buffer: Any, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int) -> np.ndarray:
+    """Zero-copy array of `shape` at `buffer[offset:]` (bounds already checked; numpy
+    checks them again). Read-only when `buffer` is. The ndarray constructor costs a third of
+    `np.frombuffer(...).reshape(...)`."""
+    return np.ndarray(shape, dtype, buffer, offset)
 
 
 def _raise(node: Any, path: str, depth: int, on_marker: MarkerHook) -> Any:
@@ -287,7 +285,8 @@ def _check_descriptor(descriptor: Any, index: int) -> Descriptor:
 
 
 def _check_fits(checked: list[Descriptor], data_size: int) -> None:
-    """Every array within the data section, and the section ending with the last one."""
+    """Every array within the data section, and the section ending with the last one.
+    (Both hold exactly when the data section ends where the furthest array ends.)"""
     for index, (_, _, offset, nbytes) in enumerate(checked):
         if offset + nbytes > data_size:
             _fail(
@@ -379,18 +378,63 @@ def _read_header(data: bytes) -> tuple[Any, list[Descriptor]]:
     return fields["tree"], [_check_descriptor(d, i) for i, d in enumerate(descriptors)]
 
 
+class _Slot:
+    """Where an array goes in a header's tree template: its checked descriptor."""
+
+    __slots__ = ("descriptor",)
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.descriptor = descriptor
+
+
+def _template(tree: Any, checked: list[Descriptor]) -> Any:
+    """The header's tree with keys unescaped, scalars checked and each `$array` marker
+    replaced by the `_Slot` of its checked descriptor: what every body with this header
+    decodes to, arrays aside."""
+
+    def resolve(index: Any, path: str) -> _Slot:
+        if not _is_int(index) or not 0 <= index < len(checked):
+            _fail(
+                path,
+                "array reference out of range",
+                f"an integer index in [0, {len(checked)})",
+                _describe(index),
+                "Point each `$array` marker at an entry of `header.arrays`.",
+            )
+        return _Slot(checked[index])
+
+    return _raise(tree, "", 0, resolve)
+
+
+def _fill(node: Any, body: memoryview, start: int) -> Any:
+    """A fresh tree from a template: new containers, a view of `body` for each slot."""
+    kind = type(node)
+    if kind is dict:
+        return {key: _fill(value, body, start) for key, value in node.items()}
+    if kind is _Slot:
+        dtype, shape, offset, _ = node.descriptor
+        return _view(body, dtype, shape, start + offset)
+    if kind is list:
+        return [_fill(item, body, start) for item in node]
+    return node  # str, int, float, bool, None: immutable, shared
+
+
 # Checked headers by their exact bytes: a peer making the same call again sends the same
-# header, which then costs a dict lookup instead of a JSON parse and a check of every field.
-# (The header's fit in each body is still checked per body.) Small headers only, bounded.
-_HEADERS: dict[bytes, tuple[Any, list[Descriptor]]] = {}
+# header, which then costs a dict lookup instead of a JSON parse, a check of every field and
+# a walk resolving markers. (The header's fit in each body is still checked per body.)
+# Small headers only, bounded.
+_HEADERS: dict[bytes, tuple[Any, list[Descriptor], int]] = {}
 _HEADER_CACHE_ENTRIES = 256
 _HEADER_CACHE_BYTES = 4096
 
 
-def _cached_header(data: bytes) -> tuple[Any, list[Descriptor]]:
+def _cached_header(data: bytes) -> tuple[Any, list[Descriptor], int]:
+    """(tree template, checked descriptors, end of the furthest array) of a header."""
     found = _HEADERS.get(data)
     if found is None:
-        found = _read_header(data)
+        tree, checked = _read_header(data)
+        end = max((offset + nbytes for _, _, offset, nbytes in checked), default=0)
+        found = _template(tree, checked), checked, end
         if len(data) <= _HEADER_CACHE_BYTES:
             while len(_HEADERS) >= _HEADER_CACHE_ENTRIES:
                 _HEADERS.pop(next(iter(_HEADERS)), None)
@@ -401,22 +445,10 @@ def _cached_header(data: bytes) -> tuple[Any, list[Descriptor]]:
 def _decode_binary(body: memoryview) -> Any:
     """Decode an `application/x-chainrule` body; arrays are read-only views of `body`."""
     header_length, data_start = _read_prefix(body)
-    tree, checked = _cached_header(bytes(body[_PREFIX : _PREFIX + header_length]))
-    _check_fits(checked, len(body) - data_start)
-
-    def resolve(index: Any, path: str) -> np.ndarray:
-        if not _is_int(index) or not 0 <= index < len(checked):
-            _fail(
-                path,
-                "array reference out of range",
-                f"an integer index in [0, {len(checked)})",
-                _describe(index),
-                "Point each `$array` marker at an entry of `header.arrays`.",
-            )
-        dtype, shape, offset, nbytes = checked[index]
-        return _view(body, dtype, shape, data_start + offset, nbytes)
-
-    return _raise(tree, "", 0, resolve)
+    template, checked, end = _cached_header(bytes(body[_PREFIX : _PREFIX + header_length]))
+    if end != len(body) - data_start:
+        _check_fits(checked, len(body) - data_start)  # raises, saying which array or bytes
+    return _fill(template, body, data_start)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +490,7 @@ def _json_array(spec: Any, path: str) -> np.ndarray:
             f"{len(raw)} bytes",
             "Base64-encode exactly the array's bytes.",
         )
-    return _view(raw, dtype, shape, 0, nbytes)
+    return _view(raw, dtype, shape, 0)
 
 
 def _decode_json(body: memoryview) -> Any:
