@@ -636,7 +636,11 @@ plain_leaves = (
 )
 plain_trees = st.recursive(
     plain_leaves,
-    lambda children: st.dictionaries(st.sampled_from(["a", "b", "x", "$y"]), children, max_size=3),
+    lambda children: (
+        st.dictionaries(st.sampled_from(["a", "b", "x", "$y"]), children, max_size=3)
+        | st.lists(children, max_size=2)
+        | st.tuples(children)
+    ),
     max_leaves=8,
 )
 
@@ -659,6 +663,7 @@ def test_header_cache_keeps_types_and_shapes_apart() -> None:
         {"a": 1}, {"a": True}, {"a": "1"}, {"a": None}, {"b": 1},
         {"a": np.zeros(2)}, {"a": np.zeros((1, 2))}, {"a": np.zeros(2, np.float32)},
         {"a": np.zeros(2), "b": np.ones(3)}, {"b": np.ones(3), "a": np.zeros(2)},
+        {"a": []}, {"a": {}}, {"a": ["x"]}, {"a": [["x"]]}, {"a": [{}]},
     ]  # fmt: skip
     for _ in range(2):  # the second round answers every header from the cache
         for tree in trees:

@@ -220,9 +220,9 @@ def _layout_key(value: Any, arrays: list[np.ndarray]) -> Any:
     scalar values with their types, and each array's dtype and shape (the arrays themselves
     are collected into `arrays`, in the order the header lists them).
 
-    Only the plain cases a component call makes: str-keyed dicts, wire-ready arrays,
-    None/bool/int/str scalars. Anything else (floats, lists, numpy scalars, keys needing an
-    escape, arrays needing a conversion) raises `_Uncached`.
+    Only the plain cases a component call makes: str-keyed dicts, lists and tuples,
+    wire-ready arrays, None/bool/int/str scalars. Anything else (floats, numpy scalars, keys
+    needing an escape, arrays needing a conversion) raises `_Uncached`.
     """
     kind = type(value)
     if kind is dict:
@@ -239,6 +239,8 @@ def _layout_key(value: Any, arrays: list[np.ndarray]) -> Any:
         return (np.ndarray, value.dtype, value.shape)
     if value is None or kind is bool or kind is int or (kind is str and value.isascii()):
         return (kind, value)
+    if kind is list or kind is tuple:  # both travel as a JSON list
+        return (list, *[_layout_key(item, arrays) for item in value])
     raise _Uncached
 
 
