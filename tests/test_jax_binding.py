@@ -319,3 +319,108 @@ def test_callback_path_matches_the_environment() -> None:
 
     forced = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
     assert (_jax_primitives._EMIT is None) == forced
+
+
+# ---- the torch host lane (jitted JAX calling a torch component) ------------------------------
+
+
+def _torch_lane_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the lane's apply calls (a spy that still runs it)."""
+    from chainrule._backends._torch import HostLane
+
+    calls: list[int] = []
+    original = HostLane.apply
+
+    def spy(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(HostLane, "apply", spy)
+    return calls
+
+
+def test_torch_lane_gives_the_generic_paths_results_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    comp = build(CASES[0], "torch")  # a static input (scale) and a static output (n) too
+    f = jax.jit(jax.value_and_grad(lambda x: loss(through(comp)(x))))
+    calls = _torch_lane_calls(monkeypatch)
+    fast = f(X)
+    assert calls, "the lane did not serve the call"
+    served = len(calls)
+    for spec in crj._SPECS.values():
+        if spec.component is comp:
+            monkeypatch.setitem(spec.__dict__, "lane", None)  # the cached property's slot
+    generic = f(X)
+    assert len(calls) == served, "the generic path was not taken"
+    for a, b in zip(fast, generic, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    np.testing.assert_allclose(fast[1], jax.grad(lambda x: loss(reference(x)))(X), rtol=1e-12)
+
+
+def test_torch_lane_converts_outputs_of_another_dtype_and_keeps_their_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An author returning float32 for a Float64 output: the lane has the component's check
+    convert it, and the gradient still flows through the float32 graph (a fallback that
+    differentiated the converted copy would answer zeros)."""
+    import torch
+
+    class In(cr.Schema):
+        x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    class Out(cr.Schema):
+        y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="single")
+    def single(inputs: In) -> dict[str, Any]:
+        return {"y": (inputs.x**2).to(torch.float32)}
+
+    calls = _torch_lane_calls(monkeypatch)
+    f = jax.jit(jax.value_and_grad(lambda x: jnp.sum(crj.call(single, {"x": x})["y"] * T)))
+    value, grad = f(X)
+    assert calls
+    np.testing.assert_allclose(value, jnp.sum(X**2 * T), rtol=1e-6)
+    np.testing.assert_allclose(grad, 2 * X * T, rtol=1e-6)
+
+
+def test_torch_lane_reports_component_errors() -> None:
+    class In(cr.Schema):
+        x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    class Out(cr.Schema):
+        y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="fragile")
+    def fragile(inputs: In) -> Out:
+        if inputs.x.device.type != "meta":  # shapes still come out of meta tensors
+            raise ArithmeticError("no convergence")
+        return Out(y=inputs.x)
+
+    f = jax.jit(jax.grad(lambda x: jnp.sum(crj.call(fragile, {"x": x})["y"])))
+    expected = r"'fragile' raised in apply.*no convergence"
+    with pytest.raises(cr.ComponentError, match=expected), crj.errors():
+        f(X)
+
+
+@pytest.mark.parametrize("name", ["torch", "numpy"])
+def test_kept_linearizations_do_not_keep_their_inputs_alive(name: str) -> None:
+    """A token names a residual, not the input arrays: once the component's bounded cache
+    drops the residual, the arrays are freed (a long optimization over big arrays otherwise
+    keeps every step's inputs)."""
+    import gc
+    import weakref
+
+    from chainrule import _jax_primitives
+
+    comp = build(CASES[0], name)
+    through(comp)(X)
+    spec = next(s for s in crj._SPECS.values() if s.component is comp)
+    arrays = [np.array(X)]
+    alive = weakref.ref(arrays[0])
+    token = _jax_primitives._host_apply(spec, True, arrays)[-1]
+    assert int(token) != 0
+    del arrays
+    comp.residuals.clear()
+    gc.collect()
+    assert alive() is None

@@ -510,6 +510,7 @@ class Component:
         if not keep:
             return out, None
         residual = residual or Residual(None, 0, out, p.values)
+        residual.validated = p
         return out, self.residuals.put(self.name, residual)
 
     __call__ = apply

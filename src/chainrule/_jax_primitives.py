@@ -12,6 +12,7 @@ builds the specs and binds `call_p`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import os
@@ -28,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import mlir
 
+from . import _finite
 from ._component import Component, Point
-from ._residuals import Handle, Residual, _same_point
+from ._residuals import Handle, Residual
 from ._schema import Schema
 from ._tree import leaves, replace_leaves
 
@@ -70,42 +72,44 @@ class _Spec:
     def inputs(self, arrays: Sequence[Any]) -> Schema:
         return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
 
+    @functools.cached_property
+    def lane(self) -> Any:
+        """The component backend's host lane for this call site (torch only), or None."""
+        comp = self.component
+        if comp.backend.name != "torch":
+            return None
+        from ._backends._torch import HostLane
+
+        if not HostLane.usable(comp, self.in_paths, self.out_paths):
+            return None
+        return HostLane(comp, self.in_paths, self.out_paths)
+
 
 def _leaf(instance: Schema, path: str) -> Any:
     return next(x.value for x in leaves(instance) if x.path == path)
 
 
 # ---- tokens: kept linearizations crossing the JAX program as int64 scalars ------------------
-
-_TOKENS: OrderedDict[int, tuple[Handle, Point]] = OrderedDict()
-_TOKEN_IDS = itertools.count(1)
-_TOKEN_LOCK = threading.Lock()
-
-
-def _new_token(handle: Handle, point: Point) -> int:
-    with _TOKEN_LOCK:
-        token = next(_TOKEN_IDS)
-        _TOKENS[token] = (handle, point)
-        while len(_TOKENS) > 100_000:
-            _TOKENS.popitem(last=False)
-    return token
+#
+# A token is the number of the residual's handle in the component's own cache (handles are
+# numbered from one counter): no table of tokens to keep, and the input arrays live only in
+# the residual, so they go when the component's bounded cache evicts it. 0 means none.
 
 
-def _kept(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> tuple[Point, Residual | None]:
-    """The point of `arrays` and the residual kept under `token`, if any.
+def _token(handle: Handle | None) -> np.ndarray:
+    return np.asarray(handle.number if handle is not None else 0, np.int64)
 
-    The point `apply` validated is reused when the arrays are the ones it was made from (a
-    derivative callback gets fresh views of the same values), saving a second validation.
-    An unknown token (evicted, or 0) makes the endpoint recompute: slower, never wrong.
-    """
-    kept = _TOKENS.get(int(np.asarray(token)))
-    if kept is not None:
-        handle, point = kept
-        values = dict(zip(spec.in_paths, arrays, strict=True))
-        if point.component is spec.component and _same_point(point.values, values):
-            return point, spec.component.residuals.get(handle, point.values)
-    p = _point(spec, arrays)
-    return p, spec.component.residuals.get(kept[0] if kept else None, p.values)
+
+def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
+    """The residual kept under `token` if it was made at these arrays (a derivative callback
+    gets fresh views of the same values). An unknown token (evicted, or 0) gives None and the
+    endpoint recomputes: slower, never wrong."""
+    number = int(np.asarray(token))
+    if not number:
+        return None
+    values = dict(zip(spec.in_paths, arrays, strict=True))
+    comp = spec.component
+    return comp.residuals.get(Handle.numbered(number, comp.name), values)
 
 
 # ---- host functions (run on concrete numpy arrays) ------------------------------------------
@@ -115,7 +119,21 @@ def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
     return Point(spec.component, spec.inputs(arrays))
 
 
+def _point_of(spec: _Spec, res: Residual | None, arrays: Sequence[np.ndarray]) -> Point:
+    """The point of `arrays`: the one `apply` validated when its residual is at hand."""
+    kept = res.validated if res is not None else None
+    return kept if isinstance(kept, Point) else _point(spec, arrays)
+
+
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    lane = spec.lane
+    if lane is not None and not _finite.active():
+        outs, residual = lane.apply(spec.template, arrays, keep)
+        result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
+        if keep:
+            assert residual is not None
+            result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
+        return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
     p = _point(spec, arrays)
     out, handle = spec.component._apply_kept(p, keep)
@@ -125,7 +143,7 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
         for path, aval in zip(spec.out_paths, spec.out_avals, strict=True)
     ]
     if keep:
-        result.append(np.asarray(_new_token(handle, p) if handle else 0, np.int64))
+        result.append(_token(handle))
     return result
 
 
@@ -140,7 +158,8 @@ def _host_jvp(
 ) -> list[np.ndarray]:
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
-    p, res = _kept(spec, token, arrays)
+    res = _residual(spec, token, arrays)
+    p = _point_of(spec, res, arrays)
     result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
@@ -157,8 +176,14 @@ def _host_vjp(
     comp = spec.component
     c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
     paths = tuple(spec.in_paths[i] for i in wrt)
-    p, res = _kept(spec, token, arrays)
-    result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
+    res = _residual(spec, token, arrays)
+    lane = spec.lane
+    if lane is not None and not batched and not _finite.active() and lane.owns(res):
+        assert res is not None
+        result = lane.vjp(res, c, paths)
+    else:
+        p = _point_of(spec, res, arrays)
+        result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
     ]
@@ -208,6 +233,7 @@ def _run_levels(
 # `errors()` (and chainrule's own jitted code) can raise the original again.
 _ERRORS: OrderedDict[int, BaseException] = OrderedDict()
 _ERROR_IDS = itertools.count(1)
+_ERROR_LOCK = threading.Lock()
 _ERROR_TAG = re.compile(r"\[chainrule error #(\d+)\]")
 
 
@@ -219,7 +245,7 @@ def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> li
     try:
         return host([np.asarray(x) for x in args])
     except Exception as e:
-        with _TOKEN_LOCK:
+        with _ERROR_LOCK:
             number = next(_ERROR_IDS)
             _ERRORS[number] = e
             while len(_ERRORS) > 256:

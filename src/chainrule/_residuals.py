@@ -30,6 +30,17 @@ class Handle:
     id: str
     component: str
 
+    @property
+    def number(self) -> int:
+        """The handle's number (ids are `h<number>`, unique in the process): how
+        `chainrule.jax` names a kept linearization inside a JAX program."""
+        return int(self.id[1:])
+
+    @classmethod
+    def numbered(cls, number: int, component: str) -> Handle:
+        """The handle whose `number` is `number`."""
+        return cls(f"h{number}", component)
+
     def __repr__(self) -> str:
         return f"Handle({self.id!r}, component={self.component!r})"
 
@@ -44,6 +55,9 @@ class Residual:
     point: Mapping[str, Any]
     memo: dict[Any, Any] = field(default_factory=dict)  # e.g. a finite-difference Jacobian
     created: float = field(default_factory=time.monotonic)
+    # The validated input point (a Point) it was kept at, for callers that come back with
+    # the same arrays (chainrule.jax's backward pass): it lives exactly as long as the residual.
+    validated: Any = None
 
 
 def _same_point(kept: Mapping[str, Any], given: Mapping[str, Any]) -> bool:

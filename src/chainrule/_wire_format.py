@@ -71,7 +71,8 @@ _MEDIA: dict[str, str] = {
 }
 
 ArrayHook = Callable[[np.ndarray, str], Any]
-MarkerHook = Callable[[Any, str], np.ndarray]
+# Builds what stands for a `$array` marker (an array, or a template slot) from its value.
+MarkerHook = Callable[[Any, str], Any]
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.func as tf
 from .._errors import EndpointUnavailableError
 from .._residuals import Residual
 from .._schema import ShapeDtype, passthrough
-from .._tree import leaves, replace_leaves
+from .._tree import flat_fields, leaves, replace_leaves
 from . import Backend, as_outputs
 
 if TYPE_CHECKING:
@@ -41,6 +41,15 @@ _DTYPES = {
     }.items()
 }
 _NP_DTYPES = {v: k for k, v in _DTYPES.items()}
+
+
+def _engine_run_backward() -> Callable[..., Sequence[torch.Tensor | None]] | None:
+    """torch's autograd engine entry point, where this torch has the one we know."""
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+    return getattr(engine, "run_backward", None)
+
+
+_RUN_BACKWARD = _engine_run_backward()
 
 
 def to_torch(x: Any) -> torch.Tensor:
@@ -96,7 +105,20 @@ class _Graph:
         keys = self._linked(ct)
         inputs = [self.inputs[w] for w in wrt]
         grads: Sequence[torch.Tensor | None] = [None] * len(wrt)
-        if keys and inputs:
+        if keys and inputs and not batched and _RUN_BACKWARD is not None:
+            # The engine itself, as torch.autograd.grad calls it: that wrapper's argument
+            # checks cost ~25 of its ~35 µs on small tensors, and the engine checks each
+            # cotangent's shape against its output and casts its dtype anyway.
+            grads = _RUN_BACKWARD(
+                tuple(self.outputs[k] for k in keys),
+                tuple(ct[k] for k in keys),
+                True,  # retain the graph: one kept forward may answer several vjps
+                False,
+                tuple(inputs),
+                True,  # unused inputs get None
+                False,
+            )
+        elif keys and inputs:
             grads = torch.autograd.grad(
                 [self.outputs[k] for k in keys],
                 inputs,
@@ -276,6 +298,105 @@ class TorchBackend(Backend):
         t = _fill({k: to_torch(v) for k, v in tangents.items()}, primals)
         grad = tf.grad(lambda s: g(s)[of].reshape(()))
         return _pick(tf.jvp(grad, (primals,), (t,))[1], wrt)
+
+
+class HostLane:
+    """`apply(keep)` and `vjp` of a torch component called back from jitted JAX code.
+
+    JAX has fixed the shape and dtype of every input before a callback runs, so the generic
+    endpoints' work (a validated Point, template rebuilds, output validation, the tangent
+    checks) is redundant there. Only for flat schemas (static outputs are not returned to JAX,
+    so they are not checked here); outputs that are not exactly the declared tensors are
+    validated the generic way, without running the function again.
+    """
+
+    def __init__(self, component: Any, in_paths: tuple[str, ...], out_paths: tuple[str, ...]):
+        self.component = component
+        self.backend: TorchBackend = component.backend
+        self.in_paths, self.out_paths = in_paths, out_paths
+        specs = {n: s for n, s in flat_fields(component.inputs) or () if s is not None}
+        self.diff = tuple(p for p in in_paths if specs[p].differentiable)
+        out_specs = {n: s for n, s in flat_fields(component.outputs) or () if s is not None}
+        self.out_diff = {p: out_specs[p].differentiable for p in out_paths}
+        self.out_dtypes = [_DTYPES.get(np.dtype(out_specs[p].dtype)) for p in out_paths]
+
+    @staticmethod
+    def usable(component: Any, in_paths: tuple[str, ...], out_paths: tuple[str, ...]) -> bool:
+        """Whether the lane serves calls with these array paths."""
+        ins, outs = flat_fields(component.inputs), flat_fields(component.outputs)
+        if ins is None or outs is None:
+            return False
+        in_arrays = {n for n, s in ins if s is not None}
+        out_arrays = {n for n, s in outs if s is not None}
+        return set(in_paths) == in_arrays and set(out_paths) == out_arrays
+
+    def apply(
+        self, template: Any, arrays: Sequence[np.ndarray], keep: bool
+    ) -> tuple[list[np.ndarray], Residual | None]:
+        """Run the function on `arrays` (the inputs' other fields from `template`): the output
+        arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
+        tensors = {p: to_torch(a) for p, a in zip(self.in_paths, arrays, strict=True)}
+        leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
+        inputs = type(template).model_construct(
+            template.model_fields_set, **{**template.__dict__, **tensors, **leaves}
+        )
+        comp = self.component
+        grad = torch.enable_grad() if keep else torch.no_grad()
+        with comp._guard("apply"), grad, passthrough():
+            out = as_outputs(self.backend.fn(inputs), self.backend.outputs, comp.name)
+        given = [out.__dict__[p] for p in self.out_paths]
+        if all(
+            isinstance(v, torch.Tensor) and v.dtype == d and v.device.type == "cpu"
+            for v, d in zip(given, self.out_dtypes, strict=True)
+        ):
+            result = [v.detach().numpy() for v in given]
+        else:
+            result = self._validated(out, template, arrays)
+        if not keep:
+            return result, None
+        # The graph keeps the tensors the function returned (not converted copies), so the
+        # backward pass reaches the inputs.
+        diff = {
+            p: to_torch(v) for p, v in zip(self.out_paths, given, strict=True) if self.out_diff[p]
+        }
+        rest = {
+            p: to_torch(v).detach()
+            for p, v in zip(self.out_paths, given, strict=True)
+            if not self.out_diff[p]
+        }
+        graph = _Graph(leaves, diff, rest)
+        nbytes = sum(int(v.nbytes) for v in (*leaves.values(), *diff.values()))
+        point = dict(zip(self.in_paths, arrays, strict=True))
+        return result, Residual(graph, nbytes, None, point)
+
+    def _validated(self, out: Any, template: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs that are not exactly the declared CPU tensors, as numpy arrays converted (or
+        refused) by the component's own output check."""
+        from .._component import Point
+
+        inputs = template.model_construct(
+            template.model_fields_set,
+            **{**template.__dict__, **dict(zip(self.in_paths, arrays, strict=True))},
+        )
+        given = {p: out.__dict__[p] for p in self.out_paths}
+        detached = {p: v.detach() if isinstance(v, torch.Tensor) else v for p, v in given.items()}
+        raw = replace_leaves(out, _numpy(detached))
+        checked = self.component._check_outputs(raw, Point(self.component, inputs))
+        return [np.asarray(checked.__dict__[p]) for p in self.out_paths]
+
+    @staticmethod
+    def owns(residual: Residual | None) -> bool:
+        """Whether `vjp` can answer from `residual` (a kept autograd graph)."""
+        return residual is not None and isinstance(residual.data, _Graph)
+
+    def vjp(
+        self, residual: Residual, cts: dict[str, np.ndarray], wrt: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """Cotangents of `wrt` from the graph a kept `apply` recorded."""
+        graph = residual.data
+        with self.component._guard("vjp"):
+            grads = graph.vjp({k: to_torch(v) for k, v in cts.items()}, wrt, batched=False)
+        return {k: v.numpy() for k, v in grads.items()}
 
 
 BACKEND = TorchBackend
