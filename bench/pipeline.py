@@ -3,7 +3,9 @@
 1. An in-process JAX component pipeline under `jit(grad)` vs the same pure JAX function
    (goal ≤ 1.1×: the component is traced inline).
 2. The per-crossing cost of a NumPy and a PyTorch component under `jit(grad)` vs the floor: a
-   bare `jax.pure_callback` forward and backward doing the same NumPy work (goal ≤ 1.5×).
+   bare `jax.pure_callback` forward and backward doing the same NumPy work (goal ≤ 1.5×). For
+   context, the torch component is also set against the same torch work bridged by hand with
+   bare pure_callbacks (forward, then record-and-backward), which is what it replaces.
 3. `jacrev` of a remote component with 100 outputs: how many requests it sends (goal 1).
 
 Run: `python bench/pipeline.py` (add `--quick` for a short run).
@@ -113,11 +115,46 @@ def _floor() -> Callable[[jax.Array], jax.Array]:
     return double
 
 
+def _torch_floor() -> Callable[[jax.Array], jax.Array]:
+    """The same torch work bridged by hand, without chainrule: pure_callback forward (no
+    autograd) and backward (record the forward again, then torch.autograd.grad), as one
+    writes a torch-in-JAX bridge that keeps nothing between the two."""
+    import torch
+
+    shape = jax.ShapeDtypeStruct((N,), jnp.float64)
+
+    def forward(v: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return (2.0 * torch.from_numpy(np.array(v))).numpy()
+
+    def backward(v: np.ndarray, c: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.array(v)).requires_grad_(True)
+        (g,) = torch.autograd.grad(2.0 * t, t, torch.from_numpy(np.array(c)))
+        return g.numpy()
+
+    @jax.custom_vjp
+    def double(x: jax.Array) -> jax.Array:
+        return jax.pure_callback(forward, shape, x)
+
+    def fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return double(x), x
+
+    def bwd(x: jax.Array, c: jax.Array) -> tuple[jax.Array]:
+        return (jax.pure_callback(backward, shape, x, c),)
+
+    double.defvjp(fwd, bwd)
+    return double
+
+
 def crossing_ratios(budget: float) -> dict[str, float]:
     x = jnp.linspace(0.0, 1.0, N)
     floor = _floor()
     base = jax.jit(jax.grad(lambda v: jnp.sum(floor(v))))
     results = {"floor": _median(lambda: base(x), budget)}
+    by_hand = _torch_floor()
+    bridge = jax.jit(jax.grad(lambda v: jnp.sum(by_hand(v))))
+    np.testing.assert_allclose(bridge(x), base(x))
+    results["torch by hand"] = _median(lambda: bridge(x), budget)
     for comp in (_numpy_component(), _torch_component()):
         grad = jax.jit(jax.grad(lambda v, c=comp: jnp.sum(crj.call(c, {"x": v})["y"])))
         results[comp.backend.name] = _median(lambda g=grad: g(x), budget)
@@ -176,6 +213,13 @@ def main() -> None:
             f"{crossing[name] / crossing['floor']:.2f}×",
             "≤ 1.5×",
         )
+    table.add_row(
+        "(context) one torch component vs the same torch work in bare pure_callbacks",
+        f"{crossing['torch'] * 1e6:.1f} µs",
+        f"{crossing['torch by hand'] * 1e6:.1f} µs",
+        f"{crossing['torch'] / crossing['torch by hand']:.2f}×",
+        "",
+    )
     table.add_row("jacrev of a remote 100-output component", f"{requests} request(s)", "", "", "1")
     Console().print(table)
 
