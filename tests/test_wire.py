@@ -756,3 +756,26 @@ def test_random_json_arrays_decode_or_raise_wire_format_error(
 @given(body=st.binary(max_size=100), content_type=st.sampled_from([BINARY, JSON]))
 def test_random_bytes_decode_or_raise_wire_format_error(body: bytes, content_type: str) -> None:
     decodes_or_wire_error(body, content_type)
+
+
+def test_header_caches_under_concurrent_eviction() -> None:
+    """Threads encoding and decoding more layouts than the caches hold, at once: every body
+    still round-trips (the bounded caches evict while other threads read and fill them)."""
+    import threading
+
+    failures: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(400):
+                tree = {f"k{(seed * 1000 + i) % 700}": np.arange(i % 7, dtype=np.float64)}
+                assert_same(decode(encode(tree), BINARY), tree)
+        except BaseException as e:  # reported below, with the thread's own traceback
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]

@@ -47,6 +47,7 @@ from chainrule._wire_format import (
     _describe,
     _fail,
     _normalize,
+    _remember,
     content_type_of,
 )
 
@@ -263,9 +264,7 @@ def _binary_parts(tree: Any) -> list[bytes | memoryview]:
     else:
         head, offsets, arrays = _binary_header(tree)  # the arrays as converted for the wire
         if key is not None and len(head) <= 4096:
-            while len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
-                _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
-            _LAYOUTS[key] = head, offsets
+            _remember(_LAYOUTS, key, (head, offsets), _LAYOUT_CACHE_ENTRIES)
     parts: list[bytes | memoryview] = [head]
     end = 0
     for array, offset in zip(arrays, offsets, strict=True):

@@ -41,6 +41,7 @@ from chainrule._wire_format import (
     _describe,
     _fail,
     _normalize,
+    _remember,
 )
 
 __all__ = ["decode"]
@@ -436,9 +437,7 @@ def _cached_header(data: bytes) -> tuple[Any, list[Descriptor], int]:
         end = max((offset + nbytes for _, _, offset, nbytes in checked), default=0)
         found = _template(tree, checked), checked, end
         if len(data) <= _HEADER_CACHE_BYTES:
-            while len(_HEADERS) >= _HEADER_CACHE_ENTRIES:
-                _HEADERS.pop(next(iter(_HEADERS)), None)
-            _HEADERS[data] = found
+            _remember(_HEADERS, data, found, _HEADER_CACHE_ENTRIES)
     return found
 
 

@@ -195,3 +195,18 @@ def _check_depth(depth: int, path: str) -> None:
             f"more than {MAX_DEPTH} (or a reference cycle)",
             "Flatten the structure, or pack deep numeric data into a numpy array.",
         )
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, entries: int) -> None:
+    """Store `value` under `key`, dropping the oldest entries beyond `entries`.
+
+    The caches are shared by threads (a server's workers, a client's callers): another thread
+    may shrink or grow the dict while this one picks the oldest key; that is harmless here, so
+    the race is ignored rather than locked.
+    """
+    while len(cache) >= entries:
+        try:
+            cache.pop(next(iter(cache)), None)
+        except (RuntimeError, StopIteration):  # changed or emptied by another thread
+            break
+    cache[key] = value
