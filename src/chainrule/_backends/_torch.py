@@ -337,9 +337,7 @@ class HostLane:
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
         tensors = {p: to_torch(a) for p, a in zip(self.in_paths, arrays, strict=True)}
         leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
-        inputs = type(template).model_construct(
-            template.model_fields_set, **{**template.__dict__, **tensors, **leaves}
-        )
+        inputs = replace_leaves(template, {**tensors, **leaves})
         comp = self.component
         grad = torch.enable_grad() if keep else torch.no_grad()
         with comp._guard("apply"), grad, passthrough():
@@ -356,14 +354,13 @@ class HostLane:
             return result, None
         # The graph keeps the tensors the function returned (not converted copies), so the
         # backward pass reaches the inputs.
-        diff = {
-            p: to_torch(v) for p, v in zip(self.out_paths, given, strict=True) if self.out_diff[p]
-        }
-        rest = {
-            p: to_torch(v).detach()
-            for p, v in zip(self.out_paths, given, strict=True)
-            if not self.out_diff[p]
-        }
+        diff: Tree = {}
+        rest: Tree = {}
+        for p, v in zip(self.out_paths, given, strict=True):
+            if self.out_diff[p]:
+                diff[p] = to_torch(v)
+            else:
+                rest[p] = to_torch(v).detach()
         graph = _Graph(leaves, diff, rest)
         nbytes = sum(int(v.nbytes) for v in (*leaves.values(), *diff.values()))
         point = dict(zip(self.in_paths, arrays, strict=True))
@@ -374,10 +371,7 @@ class HostLane:
         refused) by the component's own output check."""
         from .._component import Point
 
-        inputs = template.model_construct(
-            template.model_fields_set,
-            **{**template.__dict__, **dict(zip(self.in_paths, arrays, strict=True))},
-        )
+        inputs = replace_leaves(template, dict(zip(self.in_paths, arrays, strict=True)))
         given = {p: out.__dict__[p] for p in self.out_paths}
         detached = {p: v.detach() if isinstance(v, torch.Tensor) else v for p, v in given.items()}
         raw = replace_leaves(out, _numpy(detached))
