@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -86,11 +87,15 @@ def first_then(first: Script, then: Script, times: int = 1) -> Script:
 class Hostile:
     """The server: `routes` maps a path to its script (unknown paths get 404)."""
 
-    def __init__(self, routes: dict[str, Script], schema: Any = SCHEMA) -> None:
+    def __init__(
+        self, routes: dict[str, Script], schema: Any = SCHEMA, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.routes = {"/schema": send_json(schema), **routes}
+        self.tls = tls
         self.hits: Counter[str] = Counter()
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        scheme, host = ("https", "localhost") if tls else ("http", "127.0.0.1")
+        self.url = f"{scheme}://{host}:{self._listener.getsockname()[1]}"
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -109,16 +114,19 @@ class Hostile:
             thread.start()
 
     def _answer(self, sock: socket.socket) -> None:
-        with sock:
-            try:
-                path = _read_request(sock)
-                if path is None:
-                    return
-                self.hits[path] += 1
-                script = self.routes.get(path, send(answer(b"{}", status=404)))
-                script(sock, self.hits[path])
-            except OSError:
-                pass  # the client gave up first
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            path = _read_request(sock)
+            if path is None:
+                return
+            self.hits[path] += 1
+            script = self.routes.get(path, send(answer(b"{}", status=404)))
+            script(sock, self.hits[path])
+        except OSError:
+            pass  # the client gave up first
+        finally:
+            sock.close()
 
     @contextmanager
     def running(self) -> Iterator[Hostile]:

@@ -5,6 +5,8 @@ their own class, and survives a server restart."""
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -556,3 +558,41 @@ def test_a_schema_that_is_not_json_is_refused(body: bytes, why: str) -> None:
     server = hostile.Hostile(schema_route)
     with server.running(), pytest.raises(cr.TransportError, match=why):
         cr.connect(server.url, retries=0)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ssl.SSLContext]:
+    """A server context with a self-signed certificate for localhost, trusted by the client
+    through SSL_CERT_FILE (read by `ssl.create_default_context`)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(cert))
+        yield context
+
+
+def test_https_goes_through_the_same_connection(tls: ssl.SSLContext) -> None:
+    """https answers are read like http ones: checked, bounded, with one deadline."""
+    script = hostile.first_then(
+        hostile.send(BROKEN["truncated body"]), hostile.send(hostile.good([1, 2]))
+    )
+    drip = hostile.drip(_HEAD + b"Content-Length: 1000\r\n\r\n", 0.05, 4.0)
+    server = hostile.Hostile({"/apply": script, "/vjp": drip}, tls=tls)
+    with server.running():
+        assert server.url.startswith("https://localhost:")
+        remote = cr.connect(server.url, timeout=0.5)
+        np.testing.assert_array_equal(remote.apply(X).y, [1.0, 4.0])
+        start = time.monotonic()
+        with pytest.raises(cr.TransportError, match=r"did not answer within 0.5 s"):
+            remote.vjp(X, {"y": np.ones(2)})
+        assert time.monotonic() - start < 2.0
+        remote.close()
+    assert server.hits["/apply"] == 2
