@@ -434,6 +434,20 @@ def test_a_server_that_keeps_answering_badly_is_a_transport_error(broken: str) -
     assert server.hits["/apply"] == 3  # retried twice, not 30 times
 
 
+@pytest.mark.parametrize("answer", [b"{}", b"[1, 2]", b'{"result": 1}'])
+def test_an_answer_without_its_fields_is_a_transport_error(answer: bytes) -> None:
+    """A 200 answer that lacks 'outputs' surfaced as ComponentError "KeyError: 'outputs'"."""
+    route = {"/apply": hostile.send(hostile.answer(answer))}
+    with hostile.Hostile(route).running() as server:
+        remote = cr.connect(server.url)
+        with pytest.raises(cr.TransportError) as caught:
+            remote.apply(X)
+        remote.close()
+    assert type(caught.value) is cr.TransportError
+    assert f"{server.url}/apply answered " in str(caught.value)
+    assert "not an object with ['outputs']" in str(caught.value)
+
+
 @pytest.mark.parametrize("where", ["body", "headers"])
 def test_the_timeout_bounds_the_whole_call_not_each_read(where: str) -> None:
     """A server dripping one byte every 0.05 s never lets a per-read timeout expire; the

@@ -228,13 +228,21 @@ class Connection:
             "chainrule.connect if answers this large are expected."
         )
 
-    def call(self, path: str, tree: Any) -> Any:
-        """POST `tree` to `path` and decode the answer, re-raising server errors as themselves."""
+    def call(self, path: str, tree: Any, expect: tuple[str, ...] = ()) -> Any:
+        """POST `tree` to `path` and decode the answer, re-raising server errors as themselves;
+        an answer that is not an object with the keys `expect` is a TransportError."""
         parts = _wire.encode_parts(tree, self.content_type)
         status, ctype, data = self.request("POST", path, parts)
         if status >= 400:
             raise _server_error(status, data, f"{self.url}{path}")
-        return _wire.decode(data, ctype)
+        answer = _wire.decode(data, ctype)
+        if expect and not (isinstance(answer, dict) and all(k in answer for k in expect)):
+            got = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
+            raise TransportError(
+                f"{self.url}{path} answered {got}, not an object with {list(expect)}; is it a "
+                "chainrule server of the same version as this client?"
+            )
+        return answer
 
     def get_json(self, path: str) -> Any:
         """GET `path` and decode its JSON answer (TransportError if it is not JSON)."""
@@ -312,13 +320,15 @@ class RemoteBackend(Backend):
 
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
         body = {"inputs": _tree.dump(p.inputs), "keep": keep}
-        answer = self.conn.call("/apply", body)
+        answer = self.conn.call("/apply", body, ("outputs", "handle") if keep else ("outputs",))
         if not keep:
             return answer["outputs"], None
         return answer["outputs"], Residual(answer["handle"], 0, None, p.values)
 
     def eval_shape(self, p: Point) -> Any:
-        answer = self.conn.call("/eval_shape", {"inputs": _tree.dump(p.inputs)})
+        answer = self.conn.call(
+            "/eval_shape", {"inputs": _tree.dump(p.inputs)}, ("outputs", "leaves")
+        )
         tree = answer["outputs"]
         for path in answer["leaves"]:
             info = _lookup(tree, path)
@@ -327,7 +337,7 @@ class RemoteBackend(Backend):
             return self.outputs.model_validate(tree)
 
     def _post(self, name: str, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self.conn.call(f"/{name}", self._body(p, res, **request))["result"]
+        return self.conn.call(f"/{name}", self._body(p, res, **request), ("result",))["result"]
 
     def jvp(self, p: Point, res: Residual | None, **request: Any) -> Any:
         return self._post("jvp", p, res, **request)
