@@ -2,9 +2,11 @@
 
 The client fetches `GET /schema`, rebuilds the schema classes (so inputs are validated here,
 before anything crosses the network) and forwards every endpoint over HTTP with a
-`RemoteBackend`. Connections are kept alive, one per thread (`http.client`, measured faster
-than httpx for small calls); idempotent calls are retried on connection errors, which is what
-lets a restarted server pick up where a dead one left off.
+`RemoteBackend`. Connections are kept alive, one per thread (`_http.RawConnection`, measured
+faster than `http.client` and httpx for small calls); every endpoint call is idempotent, so
+calls are retried on connection errors, which is what lets a restarted server pick up where a
+dead one left off, and (twice) on broken answers. Nothing the server sends is trusted further
+than it must be: see `_http` for the answer itself, `remote_component` for its schema.
 """
 
 from __future__ import annotations
