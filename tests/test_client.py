@@ -4,6 +4,10 @@ their own class, and survives a server restart."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +16,10 @@ import numpy as np
 import pytest
 
 import chainrule as cr
+import hostile
 from cases import BACKENDS, CASES, Case, build
 from chainrule import _tree, _wire
+from chainrule._client import Connection
 
 CONTENT_TYPES = [_wire.BINARY, _wire.JSON]
 
@@ -384,3 +390,224 @@ def test_undecodable_answer_is_a_transport_error() -> None:
     error = _server_error(502, bytearray(b"<html>bad gateway</html>"), "http://h:1/apply")
     assert isinstance(error, cr.TransportError)
     assert "http://h:1/apply answered HTTP 502: <html>bad gateway" in str(error)
+
+
+# ---- a server that answers badly (tests/hostile.py) -------------------------------------------
+
+X = {"x": np.array([1.0, 2.0])}
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+BROKEN = {
+    "truncated body": hostile.good([1.0, 2.0])[:-4],
+    "bad content-length": _HEAD + b"Content-Length: 12abc\r\n\r\n{}",
+    "negative content-length": _HEAD + b"Content-Length: -1\r\n\r\n{}",
+    "bad chunk size": _HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "chunk longer than its size": _HEAD
+    + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}}\r\n0\r\n\r\n",
+    "overlong header line": _HEAD + b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+    "too many header lines": _HEAD + b"X-Many: 1\r\n" * 200 + b"\r\n",
+    "garbage status line": b"HTTTP/1.1 200 OK\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN), ids=list(BROKEN))
+def test_a_broken_answer_is_retried_as_a_transport_problem(broken: str) -> None:
+    """A body cut short, a bad length or chunk size, an overlong header line: the server's
+    answer is broken, not the component. The call is retried (every endpoint call is
+    idempotent) and succeeds once the server answers properly."""
+    script = hostile.first_then(hostile.send(BROKEN[broken]), hostile.send(hostile.good([1, 2])))
+    with hostile.Hostile({"/apply": script}).running() as server:
+        remote = cr.connect(server.url)
+        np.testing.assert_array_equal(remote.apply(X).y, [1.0, 4.0])
+        remote.close()
+    assert server.hits["/apply"] == 2
+
+
+@pytest.mark.parametrize("broken", list(BROKEN), ids=list(BROKEN))
+def test_a_server_that_keeps_answering_badly_is_a_transport_error(broken: str) -> None:
+    with hostile.Hostile({"/apply": hostile.send(BROKEN[broken])}).running() as server:
+        remote = cr.connect(server.url)
+        with pytest.raises(cr.TransportError) as caught:
+            remote.apply(X)
+        remote.close()
+    assert type(caught.value) is cr.TransportError  # not a ComponentError blaming 'sq'
+    assert f"{server.url}/apply sent a broken HTTP answer 3 times, last: " in str(caught.value)
+    assert server.hits["/apply"] == 3  # retried twice, not 30 times
+
+
+@pytest.mark.parametrize("answer", [b"{}", b"[1, 2]", b'{"result": 1}'])
+def test_an_answer_without_its_fields_is_a_transport_error(answer: bytes) -> None:
+    """A 200 answer that lacks 'outputs' surfaced as ComponentError "KeyError: 'outputs'"."""
+    route = {"/apply": hostile.send(hostile.answer(answer))}
+    with hostile.Hostile(route).running() as server:
+        remote = cr.connect(server.url)
+        with pytest.raises(cr.TransportError) as caught:
+            remote.apply(X)
+        remote.close()
+    assert type(caught.value) is cr.TransportError
+    assert f"{server.url}/apply answered " in str(caught.value)
+    assert "not an object with ['outputs']" in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_the_timeout_bounds_the_whole_call_not_each_read(where: str) -> None:
+    """A server dripping one byte every 0.05 s never lets a per-read timeout expire; the
+    timeout is a deadline for the whole exchange."""
+    head = _HEAD + (b"Content-Length: 1000\r\n\r\n" if where == "body" else b"X-Slow: ")
+    with hostile.Hostile({"/apply": hostile.drip(head, 0.05, 4.0)}).running() as server:
+        remote = cr.connect(server.url, timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(cr.TransportError, match=r"did not answer within 0.5 s"):
+            remote.apply(X)
+        elapsed = time.monotonic() - start
+        remote.close()
+    assert elapsed < 2.0, f"the call took {elapsed:.1f} s with timeout=0.5"
+    assert server.hits["/apply"] == 1  # a timeout is not retried
+
+
+def test_the_timeout_bounds_sending_to_a_server_that_reads_slowly() -> None:
+    """A server reading 64 KiB every 0.02 s: each send makes progress, none waits 2 s alone,
+    and 32 MiB would take 10 s."""
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def read_slowly() -> None:
+            sock, _ = listener.accept()
+            with sock:
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline and not done.is_set() and sock.recv(2**16):
+                    time.sleep(0.02)
+
+        reader = threading.Thread(target=read_slowly, daemon=True)
+        reader.start()
+        conn = Connection(f"http://127.0.0.1:{port}", timeout=2.0, retries=0)
+        start = time.monotonic()
+        try:
+            with pytest.raises(cr.TransportError, match=r"did not answer within 2.0 s"):
+                conn.request("POST", "/apply", [b"x" * 32 * 2**20])
+        finally:
+            elapsed = time.monotonic() - start
+            done.set()
+            reader.join(5)
+    assert elapsed < 3.5, f"sending took {elapsed:.1f} s with timeout=2"
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "number"}
+    for _ in range(levels):
+        node = {"type": "array", "items": node}
+    return node
+
+
+def _with_inputs(inputs: Any) -> dict[str, Any]:
+    return {**hostile.SCHEMA, "inputs": inputs}
+
+
+BAD_SCHEMAS: dict[str, tuple[Any, str]] = {
+    "a list": ([1, 2], "the document: Input should be a valid dictionary"),
+    "no inputs": (
+        {k: v for k, v in hostile.SCHEMA.items() if k != "inputs"},
+        "inputs: Field required",
+    ),
+    "endpoints not strings": ({**hostile.SCHEMA, "endpoints": {"apply": 1}}, "endpoints.apply"),
+    "properties not an object": (
+        _with_inputs({"type": "object", "properties": 5}),
+        "inputs.properties: expected an object, got 5",
+    ),
+    "a field not an object": (
+        _with_inputs({"properties": {"x": "float"}}),
+        "inputs.properties.x: expected a JSON schema object, got 'float'",
+    ),
+    "a bad dtype": (
+        _with_inputs(
+            {"properties": {"x": {"x-chainrule-array": {"shape": [2], "dtype": "float65"}}}}
+        ),
+        "inputs.properties.x: TypeError: data type 'float65' not understood",
+    ),
+    "an undefined $ref": (
+        _with_inputs({"properties": {"x": {"$ref": "#/$defs/Nope"}}}),
+        "'Nope' is not defined in $defs",
+    ),
+    "a $ref to itself": (
+        _with_inputs(
+            {
+                "$defs": {"Node": {"properties": {"kids": {"$ref": "#/$defs/Node"}}}},
+                "properties": {"x": {"$ref": "#/$defs/Node"}},
+            }
+        ),
+        "'Node' refers to itself",
+    ),
+    "a field name pydantic refuses": (
+        _with_inputs({"properties": {"_x": {"type": "number"}}}),
+        "inputs: PydanticUserError: Fields must not use names with leading underscores",
+    ),
+    "nested 500 deep": (
+        _with_inputs({"properties": {"x": _deep(500)}}),
+        "nested deeper than 64 levels",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_SCHEMAS), ids=list(BAD_SCHEMAS))
+def test_a_bad_schema_is_refused_saying_why(bad: str) -> None:
+    document, why = BAD_SCHEMAS[bad]
+    server = hostile.Hostile({}, schema=document)
+    with server.running(), pytest.raises(cr.TransportError) as caught:
+        cr.connect(server.url)
+    message = str(caught.value)
+    assert message.startswith(f"{server.url}/schema is not a valid chainrule schema: ")
+    assert why in message
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"<html>not json</html>", "answered with a body that is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "answered with a body that is not JSON"),
+    ],
+    ids=["html", "nested 100000 deep"],
+)
+def test_a_schema_that_is_not_json_is_refused(body: bytes, why: str) -> None:
+    schema_route = {"/schema": hostile.send(hostile.answer(body))}
+    server = hostile.Hostile(schema_route)
+    with server.running(), pytest.raises(cr.TransportError, match=why):
+        cr.connect(server.url, retries=0)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ssl.SSLContext]:
+    """A server context with a self-signed certificate for localhost, trusted by the client
+    through SSL_CERT_FILE (read by `ssl.create_default_context`)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(cert))
+        yield context
+
+
+def test_https_goes_through_the_same_connection(tls: ssl.SSLContext) -> None:
+    """https answers are read like http ones: checked, bounded, with one deadline."""
+    script = hostile.first_then(
+        hostile.send(BROKEN["truncated body"]), hostile.send(hostile.good([1, 2]))
+    )
+    drip = hostile.drip(_HEAD + b"Content-Length: 1000\r\n\r\n", 0.05, 4.0)
+    server = hostile.Hostile({"/apply": script, "/vjp": drip}, tls=tls)
+    with server.running():
+        assert server.url.startswith("https://localhost:")
+        remote = cr.connect(server.url, timeout=0.5)
+        np.testing.assert_array_equal(remote.apply(X).y, [1.0, 4.0])
+        start = time.monotonic()
+        with pytest.raises(cr.TransportError, match=r"did not answer within 0.5 s"):
+            remote.vjp(X, {"y": np.ones(2)})
+        assert time.monotonic() - start < 2.0
+        remote.close()
+    assert server.hits["/apply"] == 2

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from chainrule._env import (
+    STAMP,
     ComponentSpec,
     build_env,
     cache_root,
     chainrule_root,
     env_dir,
     env_hash,
+    env_problem,
     find_uv,
     load_spec,
     parse_spec,
@@ -111,6 +115,42 @@ def test_load_spec_errors(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("../outside.py:obj", "'../outside.py:obj', which climbs out of the folder with '..'"),
+        ("sub/../../outside.py:obj", "which climbs out of the folder with '..'"),
+        ("/etc/outside.py:obj", "'/etc/outside.py:obj', an absolute path"),
+        ("\\\\server\\outside.py:obj", "an absolute path"),
+    ],
+)
+def test_an_entry_outside_the_folder_is_refused(entry: str, why: str) -> None:
+    msg = _message({**MINIMAL, "entry": entry})
+    assert "key 'entry': expected 'file.py:object' naming a file inside the component folder" in msg
+    assert why in msg
+
+
+def test_an_entry_linked_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "comp", tmp_path / "outside.py"
+    folder.mkdir()
+    outside.write_text("comp = None\n")
+    (folder / "component.py").symlink_to(outside)
+    (folder / "chainrule.toml").write_text('name = "x"\nentry = "component.py:comp"\n')
+    with pytest.raises(LaunchError) as info:
+        load_spec(folder)
+    msg = info.value.message
+    assert "key 'entry': expected 'file.py:object' naming a file inside the component" in msg
+    assert f"got 'component.py:comp', which resolves to {outside}, outside {folder}" in msg
+    from chainrule._serving import load_component
+
+    with pytest.raises(LaunchError, match=r"which resolves to .*, outside"):
+        load_component(str(folder))  # `chainrule serve <folder>` refuses it too
+    (folder / "component.py").unlink()
+    (folder / "component.py").symlink_to(folder / "real.py")  # a link inside is fine
+    (folder / "real.py").write_text("comp = None\n")
+    assert load_spec(folder).entry_file == "component.py"
+
+
 # ----------------------------------------------------------------------------- cache key
 
 
@@ -142,6 +182,19 @@ def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.delenv("CHAINRULE_CACHE")
     assert cache_root() == Path.home() / ".cache" / "chainrule" / "envs"
     assert env_dir(_spec(), tmp_path).parent == tmp_path
+
+
+def test_a_relative_cache_is_taken_from_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Servers run in their component folder: a relative cache path must not reach them."""
+    monkeypatch.chdir(tmp_path)
+    assert cache_root("envs") == tmp_path / "envs"
+    monkeypatch.setenv("CHAINRULE_CACHE", "from-env")
+    assert cache_root() == tmp_path / "from-env"
+    assert env_dir(_spec()).parent == tmp_path / "from-env"
+    monkeypatch.setenv("CHAINRULE_CACHE", "~/somewhere")
+    assert cache_root() == Path.home() / "somewhere"
 
 
 def test_chainrule_root_is_this_checkout() -> None:
@@ -289,3 +342,143 @@ def test_failed_build_shows_uv_output_and_leaves_nothing(tmp_path: Path) -> None
     assert "Fix: check the requirements in chainrule.toml" in msg
     assert "pip.conf" in msg
     assert [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+# ----------------------------------------------------------------------------- health
+
+
+def _fake_env(cache: Path, python: Path | None, name: str = "py3.11-0123456789abcdef") -> Path:
+    """An environment directory whose bin/python links to `python` (None: a dangling link)."""
+    venv = cache / name
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(python or cache / "gone" / "python3.11")
+    (venv / STAMP).write_text(json.dumps({"name": "fake", "requirements": ["numpy"]}))
+    return venv
+
+
+def test_env_problems_are_found_and_said(tmp_path: Path) -> None:
+    ours = Path(sys.prefix)  # the environment running the tests works
+    assert env_problem(ours) is None
+    assert env_problem(ours, check="import") is None
+    gone = _fake_env(tmp_path / "a", None)
+    assert "its python" in str(env_problem(gone, check="files"))
+    assert "points to an interpreter that is gone" in str(env_problem(gone))
+    failing = tmp_path / "fails.sh"
+    failing.write_text("#!/bin/sh\necho 'ImportError: no numpy' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    broken = _fake_env(tmp_path / "b", failing)
+    assert env_problem(broken, check="files") is None  # it exists...
+    assert env_problem(broken) == "its python fails to find chainrule: ImportError: no numpy"
+    base = Path(sys.base_prefix) / "bin" / "python3"  # runs, but has no chainrule
+    assert "does not find chainrule (was its checkout moved or deleted?)" in str(
+        env_problem(_fake_env(tmp_path / "c", base))
+    )
+    elsewhere = env_problem(ours, checkout=tmp_path)  # built from another checkout
+    assert f"it finds chainrule at {chainrule_root()}" in str(elsewhere)
+    assert f"not in this checkout {tmp_path}" in str(elsewhere)
+
+
+def test_the_check_of_every_launch_is_cheap() -> None:
+    start = time.monotonic()
+    assert env_problem(Path(sys.prefix)) is None
+    assert time.monotonic() - start < 5  # ~40 ms on an idle machine: no imports
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from chainrule._cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_env_list_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainrule import _env_cache
+
+    cache = tmp_path / "cache"
+    _fake_env(cache, Path(sys.executable), "py3.11-aaaaaaaaaaaaaaaa")
+    _fake_env(cache, None, "py3.11-bbbbbbbbbbbbbbbb")
+    leftover = cache / ".py3.11-cccccccccccccccc.tmp-1234abcd"
+    leftover.mkdir()
+    old = cache / "py3.11-aaaaaaaaaaaaaaaa" / STAMP
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    code, out, _ = _cli("env", "list", "--json", "--cache-dir", str(cache))
+    assert code == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(out)}
+    assert set(rows) == {"py3.11-aaaaaaaaaaaaaaaa", "py3.11-bbbbbbbbbbbbbbbb"}
+    assert rows["py3.11-aaaaaaaaaaaaaaaa"]["problem"] is None
+    assert rows["py3.11-aaaaaaaaaaaaaaaa"]["requirements"] == ["numpy"]
+    assert "interpreter that is gone" in rows["py3.11-bbbbbbbbbbbbbbbb"]["problem"]
+    # prune probes each environment; the fake 'ok' one counts as working here
+    real = _env_cache.env_problem
+    monkeypatch.setattr(
+        _env_cache, "env_problem", lambda p, check: None if p.name.endswith("a") else real(p)
+    )
+    code, _, err = _cli("env", "prune", "--dry-run", "--cache-dir", str(cache))
+    assert code == 0 and "would remove 1 environments" in err and "bbbb" in err
+    assert (cache / "py3.11-bbbbbbbbbbbbbbbb").exists() and leftover.exists()
+    code, _, err = _cli("env", "prune", "--cache-dir", str(cache))
+    assert code == 0 and "removed 1 environments" in err
+    assert not (cache / "py3.11-bbbbbbbbbbbbbbbb").exists() and not leftover.exists()
+    code, _, err = _cli("env", "prune", "--older-than", "2x", "--cache-dir", str(cache))
+    assert code == 1 and "--older-than: expected a number and a unit" in err
+    code, _, err = _cli("env", "prune", "--older-than", "4d", "--cache-dir", str(cache))
+    assert code == 0 and "removed 0 environments" in err  # used 3 days ago
+    code, _, err = _cli("env", "prune", "--older-than", "2d", "--cache-dir", str(cache))
+    assert code == 0 and "removed 1 environments" in err
+    assert [p.name for p in cache.iterdir() if p.name.startswith("py")] == []
+
+
+def test_prune_keeps_what_a_running_server_uses(tmp_path: Path) -> None:
+    from chainrule import _servers
+
+    venv = _fake_env(tmp_path, Path(sys.executable))
+    entry = _servers.ServerRecord(
+        pid=os.getpid(), url="http://127.0.0.1:1", name="fake", folder="/x",
+        python=str(venv / "bin" / "python"), started=time.time(), launcher=os.getpid(),
+        ticks=_servers.start_ticks(os.getpid()),
+    )  # fmt: skip
+    _servers.record(tmp_path, entry)
+    code, _, err = _cli("env", "prune", "--all", "--cache-dir", str(tmp_path))
+    assert code == 0 and f"kept {venv} (used by servers {os.getpid()})" in err
+    assert venv.exists()
+    _servers.forget(tmp_path, entry.url)
+    code, _, err = _cli("env", "prune", "--all", "--cache-dir", str(tmp_path))
+    assert code == 0 and "removed 1 environments" in err and not venv.exists()
+
+
+@pytest.mark.slow
+def test_a_broken_environment_is_found_and_rebuilt(tmp_path: Path) -> None:
+    """A cached environment whose packages were deleted, or whose interpreter is gone, was
+    reused forever (its python existed): now the next build finds it and builds it again."""
+    python = build_env(FIXTURES / "numpy2", cache_dir=tmp_path, quiet=True)
+    venv = python.parent.parent
+    [numpy] = venv.glob("lib/python*/site-packages/numpy")
+    shutil.rmtree(numpy)
+    assert env_problem(venv) == "it lacks numpy"
+    stderr = _build_capturing(tmp_path)
+    assert f"chainrule: rebuilding {venv}: it lacks numpy" in stderr
+    assert _run_in(python, FIXTURES / "numpy2")["major"] == 2  # works again
+    # an interpreter that is gone (a Python upgraded away): the link dangles
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(tmp_path / "gone" / "python3")
+    assert "interpreter that is gone" in _build_capturing(tmp_path)
+    assert _run_in(python, FIXTURES / "numpy2")["major"] == 2
+    # `chainrule env rebuild` builds it again on request
+    mtime = venv.stat().st_mtime_ns
+    code, out, _ = _cli("env", "rebuild", str(FIXTURES / "numpy2"), "--quiet",
+                        "--cache-dir", str(tmp_path))  # fmt: skip
+    assert code == 0 and out.strip() == str(python) and venv.stat().st_mtime_ns != mtime
+
+
+def _build_capturing(cache: Path) -> str:
+    """Build numpy2's environment in a subprocess (not quiet); its stderr."""
+    code = (
+        "from chainrule._env import build_env;"
+        f"build_env({str(FIXTURES / 'numpy2')!r}, cache_dir={str(cache)!r})"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+    )
+    return run.stderr

@@ -4,14 +4,19 @@ same inputs the same way."""
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule import _tree
+from chainrule._client import Connection
 from chainrule._jsonschema import schema_from_json
 
 F64 = cr.Float64
@@ -168,3 +173,138 @@ def test_casting_rule_is_read_when_published() -> None:
 def test_casting_rule_round_trips() -> None:
     value = {"x": np.ones(3)}
     assert _outcome(_rebuilt(Loose), value) == _outcome(Loose, value)
+
+
+# ---- an untrusted document: a server's GET /schema answer ------------------------------------
+
+# derandomize: the same examples on every run; database=None: no .hypothesis/ folder.
+FUZZ = settings(
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+VALID = {
+    "name": "fuzzed",
+    "backend": "numpy",
+    "inputs": Containers.model_json_schema(),
+    "outputs": Arrays.model_json_schema(),
+    "endpoints": {"apply": "author", "vjp": "derived"},
+}
+# Words that mean something to the builder, so that fuzzed documents get past the first check.
+WORDS = [
+    "type", "properties", "items", "prefixItems", "anyOf", "$ref", "$defs", "required", "title",
+    "default", "additionalProperties", "x-chainrule-array", "shape", "dtype", "differentiable",
+    "casting", "enum", "object", "array", "number", "integer", "string", "null", "float64",
+    "int8", "object", "...", "n", "#/$defs/Inner", "Inner", "model_config", "_private", "",
+]  # fmt: skip
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.sampled_from(WORDS)
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.sampled_from(WORDS), kids, max_size=4)
+    ),
+    max_leaves=25,
+)
+CONN = Connection("http://127.0.0.1:9")  # never used: building a component sends nothing
+
+
+def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    items = (
+        tree.items()
+        if isinstance(tree, dict)
+        else enumerate(tree)
+        if isinstance(tree, list)
+        else ()
+    )
+    for key, value in items:
+        yield from _paths(value, (*prefix, key))
+
+
+PATHS = list(_paths(VALID))[1:]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> Any:
+    """The valid document with one to three of its nodes replaced by arbitrary JSON."""
+    doc = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        *head, last = draw(st.sampled_from(PATHS))
+        node: Any = doc
+        for key in head:
+            if not isinstance(node, dict | list) or key not in (
+                node if isinstance(node, dict) else range(len(node))
+            ):
+                break
+            node = node[key]
+        else:
+            if isinstance(node, dict) or (isinstance(node, list) and last < len(node)):
+                node[last] = draw(JSON)
+    return doc
+
+
+@st.composite
+def deep(draw: st.DrawFn) -> Any:
+    """A field nested 0 to 300 levels deep in lists, dicts, unions or $ref chains."""
+    levels = draw(st.integers(0, 300))
+    kind = draw(st.sampled_from(["items", "additionalProperties", "anyOf", "$ref"]))
+    node: dict[str, Any] = {"type": "number"}
+    defs: dict[str, Any] = {}
+    for i in range(levels):
+        if kind == "anyOf":
+            node = {"anyOf": [node, {"type": "null"}]}
+        elif kind == "$ref":
+            defs[f"M{i}"] = {"type": "object", "properties": {"v": node}}
+            node = {"$ref": f"#/$defs/M{i}"}
+        else:
+            node = {"type": "object" if kind != "items" else "array", kind: node}
+    inputs = {"type": "object", "properties": {"x": node}, "$defs": defs}
+    return {**VALID, "inputs": inputs}
+
+
+def _built_or_refused(document: Any) -> None:
+    from chainrule._client import remote_component
+
+    try:
+        component = remote_component(CONN, document)
+    except cr.TransportError as e:  # anything else fails the test
+        assert e.message.startswith("http://127.0.0.1:9/schema is not a valid chainrule schema: ")
+        assert e.__cause__ is not None
+    else:
+        assert isinstance(component, cr.Component)
+
+
+@settings(FUZZ)
+@given(document=JSON | st.dictionaries(st.sampled_from(list(VALID)), JSON))
+def test_arbitrary_json_is_refused_as_a_schema_saying_why(document: Any) -> None:
+    _built_or_refused(document)
+
+
+@settings(FUZZ)
+@given(document=mutated())
+def test_a_fuzzed_schema_builds_or_is_refused_saying_why(document: Any) -> None:
+    _built_or_refused(document)
+
+
+@settings(FUZZ, max_examples=60)
+@given(document=deep())
+def test_deeply_nested_schemas_build_or_are_refused_saying_why(document: Any) -> None:
+    _built_or_refused(document)
+
+
+def test_the_valid_document_builds() -> None:
+    from chainrule._client import remote_component
+
+    component = remote_component(CONN, VALID)
+    assert component.name == "fuzzed"
+    assert list(component.inputs.model_fields) == list(Containers.model_fields)

@@ -7,6 +7,7 @@ component folders once `chainrule serve` and `chainrule.connect` exist.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chainrule import _launch
-from chainrule._env import load_spec
+from chainrule import _launch, _servers
+from chainrule._cli import app
+from chainrule._env import cache_root, load_spec
 from chainrule._errors import LaunchError
 from chainrule._launch import Launched, _healthy, _server_env, free_port, launch, server_command
 
@@ -46,6 +48,12 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launches without a cache_dir register their servers here, not in ~/.cache."""
+    monkeypatch.setenv("CHAINRULE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture
@@ -268,3 +276,65 @@ def test_launched_endpoints_agree_bit_for_bit(tmp_path_factory: pytest.TempPathF
         ]
         for got, want in pairs:
             np.testing.assert_array_equal(got, want, strict=True)
+
+
+# ---- the registry of running launched servers (`chainrule env ps`) ------------------------------
+
+
+def _ps(cache: Path) -> list[dict[str, object]]:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["env", "ps", "--json", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    return list(json.loads(result.stdout))
+
+
+def test_running_servers_are_listed_until_stopped(tmp_path: Path) -> None:
+    launched = launch(STANDIN, _command=standin(), cache_dir=tmp_path, startup_timeout=30)
+    try:
+        assert launched.process is not None
+        [entry] = _ps(tmp_path)
+        assert entry["pid"] == launched.process.pid and entry["url"] == launched.url
+        assert entry["name"] == "standin" and entry["folder"] == str(STANDIN.resolve())
+        assert entry["launcher"] == os.getpid() and entry["python"] is None
+        assert abs(float(str(entry["started"])) - time.time()) < 60
+        launched.restart()  # a new process: the entry follows it
+        assert [e["pid"] for e in _ps(tmp_path)] == [launched.process.pid]
+    finally:
+        launched.stop()
+    assert _ps(tmp_path) == []
+
+
+def test_entries_of_servers_that_are_gone_are_dropped_when_read(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = _servers.ServerRecord(pid=int(gone.stdout), url="http://127.0.0.1:1", name="dead",
+                                 folder="/x", started=0.0, launcher=1)  # fmt: skip
+    reused = dead.model_copy(update={"pid": os.getpid(), "url": "http://127.0.0.1:2", "ticks": 1})
+    alive = dead.model_copy(update={"pid": os.getpid(), "url": "http://127.0.0.1:3",
+                                    "ticks": _servers.start_ticks(os.getpid())})  # fmt: skip
+    (tmp_path / _servers.REGISTRY).write_text(
+        json.dumps([e.model_dump() for e in (dead, reused, alive)] + [{"pid": "garbage"}])
+    )
+    assert [e.url for e in _servers.running(tmp_path)] == ["http://127.0.0.1:3"]
+    written = json.loads((tmp_path / _servers.REGISTRY).read_text())
+    assert [e["url"] for e in written] == ["http://127.0.0.1:3"]  # cleaned on disk too
+
+
+def test_launch_without_cache_dir_registers_in_the_default_cache() -> None:
+    with launch(STANDIN, _command=standin(), startup_timeout=30, client_factory=lambda url: url):
+        assert [e.name for e in _servers.running(cache_root())] == ["standin"]
+    assert _servers.running(cache_root()) == []
+
+
+@pytest.mark.slow
+def test_a_relative_cache_dir_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative cache_dir gave the server command a relative python, run from the component
+    folder: FileNotFoundError."""
+    monkeypatch.chdir(tmp_path)
+    with launch(FIXTURES / "numpy2", cache_dir="envs", quiet=True) as square:
+        np.testing.assert_array_equal(square.apply({"x": np.array([3.0])}).y, [9.0])
+        [entry] = _servers.running(tmp_path / "envs")
+    assert Path(str(entry.python)).is_relative_to(tmp_path / "envs")

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
+import hostile
 from chainrule import _wire
 from chainrule._server import ServerSettings, is_loopback
 from chainrule._serving import check_bind
@@ -634,3 +635,112 @@ def test_the_server_imports_and_runs_nothing_for_malicious_bodies(
         assert len(CALLS) == counted
     finally:
         conn.close()
+
+
+# ---- the client trusts a server no further than it must (tests/hostile.py) --------------------
+
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+_X = {"x": np.array([1.0, 2.0])}
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
+def test_a_claimed_answer_length_is_not_allocated_before_the_bytes_arrive() -> None:
+    """An answer claiming 1 GiB and then sending 10 bytes made the client allocate (and zero)
+    the whole GiB at once."""
+    release = threading.Event()
+
+    def claim_and_wait(sock: socket.socket, n: int) -> None:
+        sock.sendall(_HEAD + b"Content-Length: 1073741824\r\n\r\n" + b'{"outputs"')
+        release.wait(10)
+
+    errors: list[Exception] = []
+    with hostile.Hostile({"/apply": claim_and_wait}).running() as server:
+        remote = cr.connect(server.url, retries=0)
+
+        def call() -> None:
+            try:
+                remote.apply(_X)
+            except cr.TransportError as e:
+                errors.append(e)
+
+        before = _rss()
+        caller = threading.Thread(target=call)
+        caller.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.hits["/apply"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # the client has the head and the 10 bytes now
+            grown = _rss() - before
+        finally:
+            release.set()
+            caller.join(10)
+        remote.close()
+    # What is allocated at once is bounded (by _http.PREALLOC, 128 MiB), not the claimed 1 GiB.
+    assert grown < 192 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB for a 10-byte answer"
+    assert errors and "the body ended after 10 of 1073741824 bytes" in str(errors[0])
+
+
+def test_an_answer_over_the_limit_is_refused_before_it_is_read() -> None:
+    claim = _HEAD + b"Content-Length: " + str(2**50).encode() + b"\r\n\r\n"
+    with hostile.Hostile({"/apply": hostile.send(claim)}).running() as server:
+        remote = cr.connect(server.url)
+        with pytest.raises(cr.TransportError) as caught:
+            remote.apply(_X)
+        remote.close()
+    message = str(caught.value)
+    assert f"the answer of {server.url}/apply is too large: " in message
+    assert "declares 1125899906842624 body bytes; the limit is 4294967296" in message
+    assert "up to max_response_bytes=4294967296; raise it in chainrule.connect" in message
+    assert server.hits["/apply"] == 1  # not retried: it would be as large again
+
+
+_FRAMED = {
+    "content-length": _HEAD + b"Content-Length: 5000\r\n\r\n" + b"x" * 5000,
+    "chunked": _HEAD
+    + b"Transfer-Encoding: chunked\r\n\r\n"
+    + (b"3e8\r\n" + b"x" * 1000 + b"\r\n") * 5
+    + b"0\r\n\r\n",
+    "until close": _HEAD + b"\r\n" + b"x" * 5000,
+}
+
+
+@pytest.mark.parametrize("framing", list(_FRAMED))
+def test_the_answer_limit_holds_however_the_body_is_framed(framing: str) -> None:
+    from chainrule._client import Connection
+
+    with hostile.Hostile({"/apply": hostile.send(_FRAMED[framing])}).running() as server:
+        small = Connection(server.url, max_response_bytes=4999)
+        with pytest.raises(cr.TransportError, match=r"up to max_response_bytes=4999; raise it"):
+            small.request("POST", "/apply", b"{}")
+        exact = Connection(server.url, max_response_bytes=5000)
+        assert exact.request("POST", "/apply", b"{}")[2] == b"x" * 5000
+        small.close()
+        exact.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("s3cret\r\nX-Injected: yes", "a line break (CR or LF), which would inject HTTP headers"),
+        ("s3cret\nX-Injected: yes", "a line break (CR or LF)"),
+        ("s3cret\x00", "the control character U+0000"),
+        ("секрет", "a character outside Latin-1"),
+    ],
+    ids=["crlf", "lf", "nul", "cyrillic"],
+)
+def test_a_token_that_is_no_header_value_is_refused_at_connect(token: str, problem: str) -> None:
+    with hostile.Hostile({}).running() as server, pytest.raises(cr.TransportError) as caught:
+        cr.connect(server.url, token=token)
+    message = str(caught.value)
+    assert message.startswith("token cannot be sent in an HTTP header: expected printable")
+    assert problem in message
+    assert token not in message and "s3cret" not in message  # the secret is not echoed
+    assert not server.hits, "a request went out with the bad token"
+
+
+def test_a_latin1_token_reaches_the_server_intact() -> None:
+    with cr.serve(_counted("latin1"), token="café-s3cret") as server:
+        remote = cr.connect(server.url, token="café-s3cret")
+        np.testing.assert_array_equal(remote.apply({"x": [1.0]}).y, [2.0])
+        remote.close()

@@ -12,13 +12,14 @@ entry = "component.py:band"  # file:object of the component inside the folder
 ```
 
 `build_env` resolves the requirements with uv into a virtual environment cached under a hash of
-(python version, sorted requirements, chainrule's own pyproject.toml), so two components with
-conflicting requirements each get their own venv and a second launch costs nothing.
+(python version, sorted requirements, chainrule's own pyproject.toml and checkout), so two
+components with conflicting requirements each get their own venv and a second launch costs
+only a health check of the cached one. (Running uv with the user's pip settings is `_uv`;
+listing and pruning the cache is `_env_cache`.)
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import difflib
 import hashlib
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import tomllib
 import uuid
-from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,16 +38,23 @@ from typing import Any, Literal
 import pydantic
 
 from ._errors import LaunchError
+from ._uv import find_uv, pip_settings, run_uv, uv_environment
 
-__all__ = ["ComponentSpec", "build_env", "env_dir", "env_hash", "load_spec", "uv_environment"]
+__all__ = [
+    "ComponentSpec",
+    "build_env",
+    "env_dir",
+    "env_hash",
+    "env_problem",
+    "find_uv",
+    "load_spec",
+    "pip_settings",
+    "uv_environment",
+]
 
 SPEC_FILE = "chainrule.toml"
+STAMP = "chainrule-env.json"  # an environment's record, written when its build is complete
 _LAYOUT = 1  # bump when the venv layout changes, so old cached envs are not reused
-_TAIL_LINES = 40
-_MSG_NO_UV = (
-    "uv was not found: chainrule builds component environments with uv. "
-    "Fix: `pip install uv` into the environment that runs chainrule (or put `uv` on PATH)."
-)
 _MSG_NO_SOURCE = (
     "chainrule must be installed from a source checkout for now (found no pyproject.toml of "
     "project 'chainrule' above {file}): a component environment installs chainrule editable "
@@ -96,6 +103,17 @@ class ComponentSpec(pydantic.BaseModel):
                 raise ValueError(repr(req))
         return value
 
+    @pydantic.field_validator("entry")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        # The entry names a file inside the component folder: not an absolute path, no `..`.
+        file = value.rsplit(":", 1)[0]
+        if file.startswith(("/", "\\")):  # (a drive letter's ':' fails the pattern already)
+            raise ValueError(f"{value!r}, an absolute path")
+        if ".." in re.split(r"[/\\]", file):
+            raise ValueError(f"{value!r}, which climbs out of the folder with '..'")
+        return value
+
     @property
     def python_version(self) -> str:
         """The interpreter version to use: `python`, else the running interpreter's."""
@@ -110,6 +128,7 @@ class ComponentSpec(pydantic.BaseModel):
 # ----------------------------------------------------------------------------- spec loading
 
 _REQUIREMENT = "a requirement string like 'numpy<2' (not empty, not a pip option)"
+_ENTRY_INSIDE = "'file.py:object' naming a file inside the component folder"
 _EXPECTED = {
     "name": "a name like 'torch_band' (letters, digits, _ - .)",
     "version": "a version string like '0.1.0'",
@@ -140,8 +159,10 @@ def _spec_problem(err: Mapping[str, Any]) -> dict[str, Any]:
     expected = _EXPECTED.get(key, str(err["msg"]))
     if err["type"] == "missing":
         return _problem(path, expected, "nothing", f"missing key {key!r}: expected {expected}")
-    if len(loc) > 1 or err["type"] == "value_error":  # one bad item of `requirements`
-        expected = _REQUIREMENT
+    if key == "requirements" and (len(loc) > 1 or err["type"] == "value_error"):
+        expected = _REQUIREMENT  # one bad item of `requirements`
+    elif key == "entry" and err["type"] == "value_error":
+        expected = _ENTRY_INSIDE
     got = str(err["ctx"]["error"]) if err["type"] == "value_error" else _describe(err["input"])
     return _problem(path, expected, got, f"key {path!r}: expected {expected}, got {got}")
 
@@ -190,12 +211,30 @@ def load_spec(folder: str | os.PathLike[str]) -> ComponentSpec:
             "(name, version, requirements, entry). See docs/environments.md."
         )
     spec = parse_spec(_read_toml(path), where=str(path))
-    if not (Path(folder) / spec.entry_file).is_file():
+    entry_path(folder, spec)
+    return spec
+
+
+def entry_path(folder: str | os.PathLike[str], spec: ComponentSpec) -> Path:
+    """The entry file of a component folder, resolved (symlinks followed).
+
+    Returns:
+        Its absolute path; `LaunchError` naming the key if it does not exist or is not
+        inside the folder (a symbolic link pointing out of it, say).
+    """
+    root, where = Path(folder).resolve(), Path(folder) / SPEC_FILE
+    file = (root / spec.entry_file).resolve()
+    if not file.is_relative_to(root):
         raise LaunchError(
-            f"{path}: key 'entry': expected a file inside {Path(folder)!s}, "
+            f"{where}: key 'entry': expected {_ENTRY_INSIDE}, got {spec.entry!r}, which "
+            f"resolves to {file}, outside {root}. Fix: move the file into the folder."
+        )
+    if not file.is_file():
+        raise LaunchError(
+            f"{where}: key 'entry': expected a file inside {Path(folder)!s}, "
             f"got {spec.entry_file!r}, which does not exist."
         )
-    return spec
+    return file
 
 
 # ----------------------------------------------------------------------------- the cache key
@@ -232,14 +271,16 @@ def env_hash(spec: ComponentSpec) -> str:
 
     Returns:
         16 hex digits over (layout, python version, sorted requirements, chainrule's
-        pyproject.toml): the same requirements in any order share one environment.
+        pyproject.toml and checkout): the same requirements in any order share one
+        environment; two checkouts of chainrule do not (each is installed editable).
     """
-    pyproject = (chainrule_root() / "pyproject.toml").read_text(encoding="utf-8")
+    root = chainrule_root()
     key = {
         "layout": _LAYOUT,
         "python": spec.python_version,
         "requirements": sorted(r.strip() for r in spec.requirements),
-        "chainrule": pyproject,
+        "chainrule": (root / "pyproject.toml").read_text(encoding="utf-8"),
+        "checkout": str(root),  # chainrule is installed editable from it
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -251,13 +292,18 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         cache_dir: an explicit directory, or None.
 
     Returns:
-        The directory (`~/.cache/chainrule/envs` when nothing else is set).
+        The directory as an absolute path (a relative one is taken from the current working
+        directory); `~/.cache/chainrule/envs` when nothing else is set.
     """
     if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("CHAINRULE_CACHE"):
-        return Path(os.environ["CHAINRULE_CACHE"])
-    return Path.home() / ".cache" / "chainrule" / "envs"
+        root = Path(cache_dir)
+    elif os.environ.get("CHAINRULE_CACHE"):
+        root = Path(os.environ["CHAINRULE_CACHE"])
+    else:
+        root = Path.home() / ".cache" / "chainrule" / "envs"
+    # Absolute now: servers run in their component folder, where a relative path means
+    # something else.
+    return Path(os.path.abspath(root.expanduser()))
 
 
 def env_dir(spec: ComponentSpec, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -269,160 +315,11 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-# ----------------------------------------------------------------------------- pip settings → uv
-
-# pip setting name -> (pip env var, uv env var, uv's separator for lists or None for one value)
-_PIP_TO_UV = {
-    "find-links": ("PIP_FIND_LINKS", "UV_FIND_LINKS", ","),
-    "index-url": ("PIP_INDEX_URL", "UV_INDEX_URL", None),
-    "extra-index-url": ("PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL", " "),
-}
-
-
-def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
-    """pip's config files, lowest priority first (global, user, site), as pip reads them."""
-    if environ.get("PIP_CONFIG_FILE") == os.devnull:
-        return []
-    xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf")]
-    files += [Path.home() / ".pip" / "pip.conf", Path(xdg) / "pip" / "pip.conf"]
-    files.append(Path(sys.prefix) / "pip.conf")
-    if environ.get("PIP_CONFIG_FILE"):
-        files.append(Path(environ["PIP_CONFIG_FILE"]))
-    return [f for f in files if f.is_file()]
-
-
-def pip_settings(environ: Mapping[str, str]) -> dict[str, list[str]]:
-    """The user's pip find-links / index-url / extra-index-url, from config files and env vars.
-
-    Arguments:
-        environ: the environment variables to read (normally `os.environ`).
-
-    Returns:
-        Setting name -> list of values; env vars override files, `[install]` overrides
-        `[global]`, as in pip.
-    """
-    found: dict[str, list[str]] = {}
-    for file in _pip_config_files(environ):
-        parser = configparser.RawConfigParser()
-        with contextlib.suppress(configparser.Error, OSError):
-            parser.read(file, encoding="utf-8")
-        for section in ("global", "install"):
-            for name in _PIP_TO_UV:
-                if parser.has_option(section, name):
-                    found[name] = parser.get(section, name).split()
-    for name, (pip_var, _, _) in _PIP_TO_UV.items():
-        if environ.get(pip_var):
-            found[name] = environ[pip_var].split()
-    return found
-
-
-def _local_path(location: str) -> Path | None:
-    """The filesystem path of a local location (path or file:// URL); None for remote URLs."""
-    if location.startswith("file://"):
-        return Path(location[len("file://") :])
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location):
-        return None
-    return Path(location)
-
-
-def _existing(locations: list[str]) -> tuple[list[str], list[str]]:
-    """Split locations into (usable, missing local paths)."""
-    kept: list[str] = []
-    dropped: list[str] = []
-    for loc in locations:
-        local = _local_path(loc)
-        (dropped if local is not None and not local.exists() else kept).append(loc)
-    return kept, dropped
-
-
-def uv_environment(
-    environ: Mapping[str, str] | None = None, *, notes: list[str] | None = None
-) -> dict[str, str]:
-    """The environment variables to run uv with, carrying over the user's pip settings.
-
-    uv does not read pip's configuration, so pip's find-links, index-url and extra-index-url
-    (from pip.conf or `PIP_*` variables) are mapped to `UV_FIND_LINKS`, `UV_INDEX_URL` and
-    `UV_EXTRA_INDEX_URL` unless those are set already. Local paths that do not exist are
-    dropped: uv fails on a missing find-links directory, where pip only warns. With extra
-    indexes, uv is told to pick the best version across indexes, as pip does.
-
-    Arguments:
-        environ: the base environment (default `os.environ`).
-        notes: if given, receives one line per dropped location.
-
-    Returns:
-        A new environment dict (the input is not changed), with Python downloads disabled.
-    """
-    env = dict(os.environ if environ is None else environ)
-    for name, values in pip_settings(env).items():
-        _, uv_var, sep = _PIP_TO_UV[name]
-        if env.get(uv_var):
-            continue
-        kept, dropped = _existing(values)
-        if notes is not None:
-            notes.extend(f"ignoring pip {name} {d}: it does not exist" for d in dropped)
-        if kept:
-            env[uv_var] = sep.join(kept) if sep else kept[0]
-            if name == "extra-index-url":
-                # pip picks the best version across all indexes; uv by default takes a package
-                # only from the first index that has it (an old mirror would win over PyPI).
-                env.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")
-    env["UV_PYTHON_DOWNLOADS"] = "never"  # use interpreters already on the machine
-    return env
-
-
 # ----------------------------------------------------------------------------- building
 
 
-def find_uv() -> str:
-    """The uv executable: the `uv` package's binary, else `uv` on PATH.
-
-    Returns:
-        Its path; `LaunchError` saying `pip install uv` if there is none.
-    """
-    try:
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        pass
-    found = shutil.which("uv")
-    if found is None:
-        raise LaunchError(_MSG_NO_UV)
-    return found
-
-
-def _run_uv(args: list[str], env: dict[str, str], *, quiet: bool, what: str, fix: str) -> None:
-    """Run uv, echoing its output to stderr unless quiet; LaunchError with its tail on failure.
-
-    Arguments:
-        args: uv's argv.
-        env: its environment (`uv_environment`).
-        quiet: do not echo its output.
-        what: the step, for the error message ("installing ...").
-        fix: what to do when the step fails, for the error message.
-    """
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    with subprocess.Popen(
-        args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace",
-    ) as proc:  # fmt: skip
-        assert proc.stdout is not None  # stdout=PIPE guarantees it
-        for line in proc.stdout:
-            tail.append(line.rstrip("\n"))
-            if not quiet:
-                sys.stderr.write(line)
-    if proc.returncode != 0:
-        log = "\n".join(f"  | {line}" for line in tail)
-        raise LaunchError(
-            f"{what} failed (uv exited with {proc.returncode}). Last lines of uv's output:\n"
-            f"{log}\nFix: {fix}"
-        )
-
-
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (a lock file) across processes."""
     import fcntl  # POSIX only; environments are built on Linux and macOS
 
@@ -452,21 +349,115 @@ def _create(spec: ComponentSpec, target: Path, *, quiet: bool) -> None:
         for note in notes:
             print(f"chainrule: {note}", file=sys.stderr)
     version = spec.python_version
-    _run_uv(
+    run_uv(
         [uv, "venv", "--python", _interpreter(version), "--python-preference", "only-system",
          "--relocatable", str(target)],
         env, quiet=quiet, what=f"creating a Python {version} environment for {spec.name!r}",
         fix=_MSG_NO_PYTHON.format(version=version),
     )  # fmt: skip
     source = f"{chainrule_root()}[serve]"
-    _run_uv(
+    run_uv(
         [uv, "pip", "install", "--python", str(_venv_python(target)), "-e", source,
          *spec.requirements],
         env, quiet=quiet, what=f"installing the requirements of {spec.name!r}",
         fix=_MSG_INSTALL_FAILED,
     )  # fmt: skip
-    record = {"name": spec.name, "python": version, "requirements": list(spec.requirements)}
-    (target / "chainrule-env.json").write_text(json.dumps(record, indent=2) + "\n")
+    problem = _problem_here(target, "import")  # one that does not import is no build
+    if problem is not None:
+        raise LaunchError(
+            f"the new environment of {spec.name!r} is not usable: {problem}. Fix: {_MSG_PROBE}"
+        )
+    # Written last: an environment without its record is unfinished.
+    record = {
+        "name": spec.name,
+        "python": version,
+        "requirements": list(spec.requirements),
+        "checkout": str(chainrule_root()),
+    }
+    (target / STAMP).write_text(json.dumps(record, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- health
+
+# How an environment is checked (`env_problem`), from cheapest to most thorough:
+# - "files": its python exists (following the link: a removed base interpreter counts);
+# - "find": its python runs and finds chainrule (in this checkout) and what `chainrule serve`
+#   imports, without importing them: ~40 ms, run at every launch;
+# - "import": its python imports chainrule and its server: ~0.3 s for chainrule alone (numpy,
+#   pydantic), ~1 s with the server; run after a build and by `chainrule env list --check`.
+Check = Literal["files", "find", "import"]
+_SERVES = ("numpy", "pydantic", "fastapi", "uvicorn")
+_PROBES = {
+    "find": "import importlib.util as u, json, sys; sys.stdout.write(json.dumps("
+    "[getattr(u.find_spec('chainrule'), 'origin', None)] + "
+    f"[m for m in {_SERVES!r} if u.find_spec(m) is None]))",
+    "import": "import json, sys, chainrule, chainrule._server, uvicorn; "
+    "sys.stdout.write(json.dumps([chainrule.__file__]))",
+}
+_PROBE_TIMEOUT = 120.0
+_MSG_PROBE = (
+    "check that the chainrule checkout imports in this Python (`python -c 'import chainrule'`)"
+)
+
+
+def env_problem(venv: Path, *, check: Check = "find", checkout: Path | None = None) -> str | None:
+    """Why the environment at `venv` cannot be used, or None if it can.
+
+    Arguments:
+        venv: the environment's directory.
+        check: how thoroughly: `"files"`, `"find"` or `"import"` (see `_PROBES`).
+        checkout: the chainrule checkout it must find chainrule in (None: any).
+
+    Returns:
+        A sentence saying what is wrong, or None.
+    """
+    python = _venv_python(venv)
+    if not python.exists():
+        return f"its python {python} is missing or points to an interpreter that is gone"
+    if check == "files":
+        return None
+    try:
+        run = subprocess.run(
+            [str(python), "-I", "-c", _PROBES[check]], capture_output=True, text=True,
+            errors="replace", timeout=_PROBE_TIMEOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"its python did not answer within {_PROBE_TIMEOUT:g} s"
+    except OSError as e:
+        return f"its python {python} does not run ({e})"
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"its python fails to {'import' if check == 'import' else 'find'} chainrule: {last}"
+    return _found_problem(json.loads(run.stdout), checkout)
+
+
+def _found_problem(found: list[str | None], checkout: Path | None) -> str | None:
+    """What is wrong with what a probe found: [chainrule's file, missing packages...]."""
+    origin, missing = found[0], found[1:]
+    if origin is None:
+        return "it does not find chainrule (was its checkout moved or deleted?)"
+    if checkout is not None and not Path(origin).resolve().is_relative_to(checkout):
+        return f"it finds chainrule at {origin}, not in this checkout {checkout}"
+    if missing:
+        return f"it lacks {', '.join(map(str, missing))}"
+    return None
+
+
+def _ready(venv: Path) -> bool:
+    """Whether `venv` is a finished (record written last) environment that works here."""
+    return (venv / STAMP).is_file() and _problem_here(venv) is None
+
+
+def _problem_here(venv: Path, check: Check = "find") -> str | None:
+    return env_problem(venv, check=check, checkout=chainrule_root())
+
+
+def remove_env(venv: Path) -> None:
+    """Delete an environment: renamed away first (atomic), so no one sees half of it."""
+    trash = venv.parent / f".{venv.name}.tmp-removed-{uuid.uuid4().hex[:8]}"
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(venv, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def build_env(
@@ -478,7 +469,10 @@ def build_env(
     """Build (or reuse) the cached virtual environment of a component.
 
     The venv is built in a temporary directory next to its final place and renamed into place
-    under a file lock, so concurrent builders never see or leave a half-built environment.
+    under a file lock, so concurrent builders never see or leave a half-built environment. A
+    cached environment is reused only if it works (`env_problem`: its python runs and finds
+    chainrule in this checkout and the packages its server imports, ~40 ms); a broken one is
+    deleted and built again.
 
     Arguments:
         folder_or_spec: a component folder, or its spec.
@@ -495,12 +489,17 @@ def build_env(
         folder_or_spec if isinstance(folder_or_spec, ComponentSpec) else load_spec(folder_or_spec)
     )
     final = env_dir(spec, cache_dir)
-    if _venv_python(final).exists():
-        return _venv_python(final)
+    if _ready(final):
+        return _used(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock"):
-        if _venv_python(final).exists():  # another process built it while we waited
-            return _venv_python(final)
+    with locked(final.parent / f".{final.name}.lock"):
+        if final.exists():
+            if _ready(final):  # another process built it while we waited
+                return _used(final)
+            if not quiet:
+                why = _problem_here(final) or "its build did not finish"
+                print(f"chainrule: rebuilding {final}: {why}", file=sys.stderr)
+            remove_env(final)
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # a crashed build's leftovers
             shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -509,4 +508,11 @@ def build_env(
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _venv_python(final)
+    return _used(final)
+
+
+def _used(venv: Path) -> Path:
+    """Note that `venv` was used now (its record's mtime, for `chainrule env prune`); its python."""
+    with contextlib.suppress(OSError):  # a read-only cache is still usable
+        os.utime(venv / STAMP)
+    return _venv_python(venv)

@@ -28,7 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
-from ._env import ComponentSpec, build_env, load_spec
+from . import _servers
+from ._env import ComponentSpec, build_env, cache_root, load_spec
 from ._errors import LaunchError
 
 if TYPE_CHECKING:
@@ -168,6 +169,9 @@ class Launched:
         self._stopped = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._restart_times: deque[float] = deque()
+        # Where `chainrule env ps` finds it (set by launch), and its environment's python.
+        self._registry: Path | None = None
+        self._python: Path | None = None
 
     def __repr__(self) -> str:
         state = "alive" if self.alive() else "stopped"
@@ -224,6 +228,10 @@ class Launched:
             except _StartFailed as e:
                 _kill_group(self.process)
                 raise LaunchError(self._start_message(str(e))) from None
+            _servers.note_started(
+                self._registry, pid=self.process.pid, url=self.url, name=self.spec.name,
+                folder=self.folder, python=self._python,
+            )  # fmt: skip
 
     def _start_message(self, what: str) -> str:
         tail = "\n".join(f"  | {line}" for line in self._log.tail(_TAIL)) or "  | (no output)"
@@ -232,7 +240,15 @@ class Launched:
             f"the server of component {self.spec.name!r} {what}. Last lines of its log:\n{tail}\n"
             f"Fix: read the log above; to see it live run `{command}`"
             f" in {self.folder}; if the server is only slow to start (first import of jax or "
-            "torch), pass a larger startup_timeout to launch()."
+            f"torch), pass a larger startup_timeout to launch(){self._rebuild_hint()}."
+        )
+
+    def _rebuild_hint(self) -> str:
+        if self._python is None:  # not run in a built environment
+            return ""
+        return (
+            "; if an installed package fails to import, the environment is broken: "
+            f"`chainrule env rebuild {self.folder}` builds it again"
         )
 
     # ------------------------------------------------------------------ supervising
@@ -307,6 +323,7 @@ class Launched:
             if self.process is not None:
                 _kill_group(self.process)
         _LIVE.discard(self)
+        _servers.note_stopped(self._registry, self.url)
 
     def __enter__(self) -> Component:
         factory = self._client_factory or _default_client_factory()
@@ -399,6 +416,7 @@ def launch(
     """
     root = Path(folder).resolve()
     spec = load_spec(root)
+    python = None
     if _command is None:
         python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
         _command = functools.partial(server_command, python, root, spec, workers=workers)
@@ -406,6 +424,7 @@ def launch(
         spec, _command, folder=root, host=host, port=port or free_port(host),
         startup_timeout=startup_timeout, client_factory=client_factory,
     )  # fmt: skip
+    launched._registry, launched._python = cache_root(cache_dir), python
     _LIVE.add(launched)
     try:
         launched._boot()

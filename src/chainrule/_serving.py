@@ -8,12 +8,12 @@ import os
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ._component import Component
+from ._env import entry_path, load_spec
 from ._errors import LaunchError
 from ._server import ServerSettings, asgi_app, is_loopback
 
@@ -137,8 +137,8 @@ def load_component(target: str) -> Component:
         toml = path / "chainrule.toml"
         if not toml.exists():
             raise LaunchError(f"{path} is a folder without chainrule.toml; give file.py:object")
-        entry = tomllib.loads(toml.read_text()).get("entry", "component.py:component")
-        return load_component(str(path / entry))
+        spec = load_spec(path)  # validated: its entry is a file inside the folder
+        return load_component(f"{entry_path(path, spec)}:{spec.entry.rsplit(':', 1)[1]}")
     file, _, name = target.rpartition(":")
     if not file or not name:
         raise LaunchError(f"expected file.py:object or module:object, got {target!r}")
