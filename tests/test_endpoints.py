@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+import chainrule as cr
+from cases import VecIn, VecOut
 from chainrule._endpoints import ENDPOINTS, RULES, Impl, resolve
 
 
@@ -70,11 +73,6 @@ def test_derived_jacobian_from_batched_jvp() -> None:
 
 
 # ---- derivations at empty arrays -------------------------------------------------------------
-
-import pytest  # noqa: E402
-
-import chainrule as cr  # noqa: E402
-from cases import VecIn, VecOut  # noqa: E402
 
 
 def _jacobians(x: np.ndarray, scale: float) -> dict[str, np.ndarray]:
