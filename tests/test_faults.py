@@ -6,10 +6,12 @@ and `tests/test_fuzz.py`.)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,27 @@ def test_a_raising_component_returns_its_message_and_keeps_serving() -> None:
         with pytest.raises(cr.ComponentError, match=r"undefined at x = -1\.5"), crj.errors():
             remote.apply({"x": [1.0, 1.0]})  # shapes for jit
             jax.jit(lambda x: crj.call(remote, {"x": x})["y"])(jnp.array([-1.5, 1.0]))
+
+
+def test_an_error_message_no_encoder_can_write_still_gets_a_json_answer() -> None:
+    """An author's exception message holding a lone surrogate once broke the error response
+    itself (a plain-text 500); it is sent with `\\u` escapes, and the client re-raises it."""
+
+    def odd(inputs: In) -> Out:
+        raise ValueError("half a pair: \ud800")
+
+    comp = cr.component(odd, inputs=In, outputs=Out, backend="numpy", name="odd")
+    with cr.serve(comp) as server:
+        request = urllib.request.Request(
+            f"{server.url}/apply",
+            data=b'{"inputs": {"x": [1.0]}}',
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 500
+        assert caught.value.headers["content-type"] == "application/json"
+        error = json.loads(caught.value.read())["error"]
+        assert error["type"] == "ComponentError" and error["message"].endswith("\ud800")
+        with pytest.raises(cr.ComponentError, match="half a pair"):
+            cr.connect(server.url).apply({"x": np.ones(1)})

@@ -731,3 +731,84 @@ def test_corrupted_bodies_get_4xx_from_a_live_server(servers: Servers) -> None:
     finally:
         conn.close()
     _healthy(server)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile requests: lone surrogates, empty batches, key floods (issue 12)
+
+SURROGATE = "\ud800"
+# Where a request carries a name: (route, body with SURROGATE at that place, the path named).
+NAMED: list[tuple[str, dict[str, Any], str]] = [
+    ("apply", {"inputs": {"x": [0.5], SURROGATE: 1}}, "inputs"),
+    ("apply", {"inputs": {"x": [0.5]}, SURROGATE: 1}, "<root>"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "wrt": SURROGATE}, "wrt"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "wrt": [SURROGATE]}, "wrt[0]"),
+    ("jvp", {"inputs": {"x": [0.5]}, "tangents": {"x": [1.0]}, "of": [SURROGATE]}, "of[0]"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {SURROGATE: [1.0]}}, "cotangents"),
+    ("jvp", {"inputs": {"x": [0.5]}, "tangents": {SURROGATE: [1.0]}}, "tangents"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "handle": SURROGATE}, "handle"),
+]
+
+
+def _ascii_body(tree: Any, ctype: str) -> bytes:
+    """`tree` as a body whose JSON escapes every non-ASCII character (`\\ud800` for a lone
+    surrogate, which `_wire.encode` refuses to write): JSON text, or a binary header of it."""
+    text = json.dumps(tree).encode()  # ensure_ascii: lone surrogates become \\udxxx escapes
+    return text if ctype == _wire.JSON else _frame(_json({"tree": tree, "arrays": []}))
+
+
+@pytest.mark.parametrize(("route", "body", "path"), NAMED, ids=[n[2] + "-" + n[0] for n in NAMED])
+@pytest.mark.parametrize("ctype", [_wire.JSON, _wire.BINARY], ids=["json", "binary"])
+def test_lone_surrogates_get_a_4xx_naming_the_field(
+    servers: Servers, route: str, body: dict[str, Any], path: str, ctype: str
+) -> None:
+    """A `\\ud800` escape decodes to a string no encoder can write: once a plain-text 500
+    (the error message naming it could not be encoded), now a 400 naming where it is."""
+    server = servers["vector_fd"]
+    answer = requests.post(
+        f"{server.url}/{route}",
+        data=_ascii_body(body, ctype),
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.content[:300]
+    error = answer.json()["error"]
+    assert error["type"] == "WireFormatError" and "not valid Unicode" in error["message"]
+    assert error["errors"][0]["path"] == path, error
+    assert "\\ud800" in error["errors"][0]["got"], error
+
+
+NAMES = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2)
+NAMES = NAMES | st.builds(lambda a, b: a + b, st.text(max_size=3), NAMES)
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    name=NAMES,
+    where=st.sampled_from(["inputs", "top", "wrt", "of", "cotangents", "tangents", "value"]),
+    route=st.sampled_from(["apply", "vjp", "jvp", "jacobian", "batched_vjp"]),
+    ctype=st.sampled_from([_wire.JSON, _wire.BINARY]),
+)
+def test_surrogates_anywhere_get_4xx(
+    servers: Servers, name: str, where: str, route: str, ctype: str
+) -> None:
+    server = servers["vector_fd"]
+    body: dict[str, Any] = {"inputs": {"x": [0.5, 1.0]}, "cotangents": {"y": [1.0, 1.0]}}
+    if where in ("inputs", "cotangents"):
+        body[where][name] = [1.0]
+    elif where == "tangents":
+        body["tangents"] = {name: [1.0, 1.0]}
+    elif where == "top":
+        body[name] = 0
+    elif where == "value":
+        body["inputs"]["scale"] = name
+    else:
+        body[where] = [name]
+    answer = requests.post(
+        f"{server.url}/{route}",
+        data=_ascii_body(body, ctype),
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    _check_answer(answer.status_code, answer.headers["content-type"], answer.content, repr(body))
+    assert answer.status_code < 500

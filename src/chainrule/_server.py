@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import queue
 import sys
 import threading
@@ -101,9 +102,20 @@ def _status(error: ChainruleError) -> int:
     return next((code for cls, code in _STATUS if isinstance(error, cls)), 500)
 
 
+class _ErrorResponse(JSONResponse):
+    """JSON that always renders: text UTF-8 cannot carry (a lone surrogate in an author's
+    exception message) is sent as `\\u` escapes instead of failing into a plain-text 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def error_response(error: ChainruleError, status: int | None = None) -> JSONResponse:
     """The structured JSON error body every failure is answered with."""
-    return JSONResponse({"error": error.to_dict()}, status_code=status or _status(error))
+    return _ErrorResponse({"error": error.to_dict()}, status_code=status or _status(error))
 
 
 class _Answered(WireFormatError):

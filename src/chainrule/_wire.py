@@ -43,6 +43,7 @@ from chainrule._wire_format import (
     ArrayHook,
     _align,
     _check_depth,
+    _check_text,
     _child,
     _describe,
     _fail,
@@ -70,20 +71,7 @@ __all__ = [
 # Encoding
 
 
-def _check_text(text: str, path: str, what: str) -> None:
-    """Refuse strings UTF-8 cannot carry (lone surrogates), naming where they are."""
-    if text.isascii():  # the usual case, answered without encoding
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(
-            path,
-            f"{what} is not valid Unicode",
-            "a string encodable as UTF-8",
-            f"{_describe(text)} (contains a lone surrogate)",
-            "Remove or replace the surrogate code point before encoding.",
-        )
+_ENCODE_FIX = "Remove or replace the surrogate code point before encoding."
 
 
 def _escape_key(key: Any, path: str) -> str:
@@ -99,7 +87,7 @@ def _escape_key(key: Any, path: str) -> str:
             f"{type(key).__name__} key {_describe(key)}",
             "Convert the key with `str(key)` before encoding.",
         )
-    _check_text(key, path, "dict key")
+    _check_text(key, path, "dict key", _ENCODE_FIX)
     return "$" + key if key.startswith("$") else key
 
 
@@ -164,7 +152,7 @@ def _lower(value: Any, path: str, depth: int, on_array: ArrayHook) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        _check_text(value, path, "string")
+        _check_text(value, path, "string", _ENCODE_FIX)
         return value
     if isinstance(value, int):
         return int(value)  # drops IntEnum and other subclasses to a plain JSON number

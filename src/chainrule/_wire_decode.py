@@ -37,6 +37,7 @@ from chainrule._wire_format import (
     MarkerHook,
     _align,
     _check_depth,
+    _check_text,
     _child,
     _describe,
     _fail,
@@ -56,8 +57,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_DECODE_FIX = (
+    "Send well-formed Unicode: a character beyond U+FFFF is a surrogate pair (\\ud83d\\ude00),"
+    " never half of one."
+)
+
+
 def _unescape_key(key: str, path: str) -> str:
     """Undo `_escape_key`: `$$x` -> `$x`; any other `$`-key is reserved and refused."""
+    _check_text(key, path, "dict key", _DECODE_FIX)
     if not key.startswith("$"):
         return key
     if key.startswith("$$"):
@@ -228,7 +236,9 @@ def _raise(node: Any, path: str, depth: int, on_marker: MarkerHook) -> Any:
     if isinstance(node, list):
         _check_depth(depth + 1, path)
         return [_raise(item, _child(path, i), depth + 1, on_marker) for i, item in enumerate(node)]
-    if isinstance(node, float) and not math.isfinite(node):  # e.g. 1e400 overflows to inf
+    if isinstance(node, str):
+        _check_text(node, path, "string", _DECODE_FIX)
+    elif isinstance(node, float) and not math.isfinite(node):  # e.g. 1e400 overflows to inf
         _fail(
             path,
             "number out of float64 range",
