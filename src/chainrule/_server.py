@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from . import _finite, _tree, _wire
-from ._component import Component
+from ._component import MAX_REPORTED, Component
 from ._endpoints import ENDPOINTS
 from ._errors import (
     AuthenticationError,
@@ -226,6 +226,14 @@ _HVP_OF = (lambda v: v is None or isinstance(v, str), "one scalar output path or
 _REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
 
 
+def _some(names: Any, most: int = MAX_REPORTED) -> str:
+    """`names` sorted, the first `most` of them shown: a body of 50,000 unknown keys gets an
+    answer of bounded size."""
+    shown = sorted(names)[:most] if len(names) > most else sorted(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{shown}{more}"
+
+
 def _request(name: str, payload: Any) -> dict[str, Any]:
     """The keyword arguments of endpoint `name` from a decoded body, checked."""
     allowed = {"inputs", *ENDPOINTS[name].request}
@@ -236,12 +244,10 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
         )
     unknown, missing = set(payload) - allowed, (allowed & _REQUIRED) - set(payload)
     if unknown or missing:
-        problem = (
-            f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
-        )
+        problem = f"unknown keys {_some(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise ValidationError(
             f"/{name}: {problem}; the body must be an object with keys {sorted(allowed)}",
-            errors=[{"path": "(body)", "expected": sorted(allowed), "got": sorted(payload)}],
+            errors=[{"path": "(body)", "expected": sorted(allowed), "got": _some(payload)}],
         )
     for key in set(payload) - {"inputs"}:
         check, expected = _HVP_OF if (name, key) == ("hvp", "of") else _KEYWORDS[key]

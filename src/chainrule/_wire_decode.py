@@ -14,6 +14,7 @@ import binascii
 import json
 import math
 import struct
+from collections import Counter
 from typing import Any, NoReturn
 
 import numpy as np
@@ -93,9 +94,9 @@ def _parse_constant(token: str) -> NoReturn:
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """`json.loads` object hook that refuses duplicate keys instead of keeping the last."""
     result = dict(pairs)
-    if len(result) != len(pairs):
-        keys = [key for key, _ in pairs]
-        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if len(result) != len(pairs):  # found in one pass: a flood of keys costs linear time
+        counts = Counter(key for key, _ in pairs)
+        duplicates = sorted(key for key, count in counts.items() if count > 1)
         _fail(
             "body",
             "duplicate key in a JSON object",
@@ -124,6 +125,8 @@ def _load_json(data: memoryview, where: str) -> Any:
         )
     try:
         return _DECODER.decode(text)
+    except WireFormatError:  # from a hook (a duplicate key): already says what and where
+        raise
     except RecursionError:
         _fail(
             where,
