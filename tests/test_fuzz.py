@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import http.client
 import json
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
@@ -245,10 +246,28 @@ def test_schemathesis_finds_no_server_error(servers: Servers, name: str) -> None
 # Bugs the fuzzing found (each answered 500 before its fix): regression tests
 
 
+def _vjp_only() -> cr.Component:
+    """`cases.vector` on numpy whose only derivative is a written vjp: every other one is
+    derived from it by chainrule."""
+    case = CASES[0]
+    comp = cr.component(
+        case.make(np), inputs=case.inputs, outputs=case.outputs, backend="numpy", name="vjp_only"
+    )
+
+    @comp.def_vjp
+    def vjp(inputs: Any, cotangents: dict[str, Any]) -> dict[str, Any]:
+        x, scale = inputs.x, inputs.scale
+        y, s = cotangents.get("y", 0.0), cotangents.get("s", 0.0)  # either may be left out
+        return {"x": (scale * np.cos(x) + 2 * x) * y + 3 * x**2 * s}
+
+    return comp
+
+
 COMPONENTS.update(
     {
         "vector_fd": lambda: build(CASES[0], "numpy"),
         "vector_jax": lambda: build(CASES[0], "jax"),
+        "vjp_only": _vjp_only,
     }
 )
 X3 = {"x": [0.1, 0.5, 0.9]}
@@ -278,6 +297,24 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             200,
             id="fd-vjp-no-cotangent",
         ),
+        # derived from a written vjp, at an empty input: once a 500 "KeyError 'x'" blaming
+        # the author (the derived Jacobian's basis was a batch of 0 rows)
+        *[
+            pytest.param(
+                "vjp_only",
+                route,
+                {"inputs": {"x": []}, **extra},
+                200,
+                id=f"vjp-only-{route}-empty-input",
+            )
+            for route, extra in [
+                ("jvp", {"tangents": {"x": []}, "of": ["y"]}),
+                ("jacobian", {"of": ["y"]}),
+                ("jacobian", {}),
+                ("batched_jvp", {"tangents": {"x": [[], []]}, "of": "y"}),
+                ("batched_jvp", {"tangents": {"x": [[]]}}),
+            ]
+        ],
         pytest.param(
             "vector_fd",
             "batched_vjp",
@@ -874,3 +911,50 @@ def test_key_floods_get_a_bounded_4xx(
     )
     _check_answer(answer.status_code, answer.headers["content-type"], answer.content, str(n))
     assert answer.status_code >= 400 and len(answer.content) < 16_384
+
+
+BATCHES = [0, 1, 2, 3, 2**16, 2**16 + 1, 2**28, 2**40, 2**62]
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    route=st.sampled_from(["batched_vjp", "batched_jvp"]),
+    batch=st.sampled_from(BATCHES),
+    size=st.sampled_from([0, 0, 1, 3]),
+    ctype=st.sampled_from([_wire.JSON, _wire.BINARY]),
+    name=st.sampled_from(["vector_fd", "vjp_only"]),
+)
+def test_empty_batch_shapes_are_answered_quickly_and_never_500(
+    servers: Servers, route: str, batch: int, size: int, ctype: str, name: str
+) -> None:
+    """Batches of 0 to 2**62 rows of x (size 0..3; empty rows when 0) declared in a body
+    that holds no data when the rows are empty: a result, a 422 or a 413, at once."""
+    server = servers[name]
+    key, path = ("cotangents", "y") if route == "batched_vjp" else ("tangents", "x")
+    rows = {"dtype": "float64", "shape": [batch, size], "data": ""}
+    if batch * size:  # rows with data: keep them few enough to send
+        assume(batch * size <= 3 * 2**16)
+        rows["data"] = base64.b64encode(bytes(8 * batch * size)).decode()
+    x = {"dtype": "float64", "shape": [size], "data": base64.b64encode(bytes(8 * size)).decode()}
+    tree = {"inputs": {"x": {"$array": x}}, key: {path: {"$array": rows}}}
+    body = json.dumps(tree).encode()
+    if ctype == _wire.BINARY:  # the same arrays, described in a binary header
+        offset = -(-8 * size // 64) * 64
+        arrays = [
+            {"dtype": "float64", "shape": [size], "offset": 0, "nbytes": 8 * size},
+            {"dtype": "float64", "shape": [batch, size], "offset": offset, "nbytes": 0},
+        ]
+        arrays[1]["nbytes"] = 8 * batch * size
+        header = {"inputs": {"x": {"$array": 0}}, key: {path: {"$array": 1}}}
+        data = bytes(offset + 8 * batch * size) if batch * size else bytes(8 * size)
+        body = _frame(_json({"tree": header, "arrays": arrays}), data)
+    start = time.monotonic()
+    answer = requests.post(
+        f"{server.url}/{route}", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
+    what = f"{route} {batch}x{size} {ctype}"
+    _check_answer(answer.status_code, answer.headers["content-type"], answer.content, what)
+    assert time.monotonic() - start < 10, what
+    # 2**62 rows of float64 overflow numpy's sizes even when empty: refused as malformed
+    expected = 400 if batch == 2**62 else 413 if batch > 2**16 else 200 if batch else 422
+    assert answer.status_code == expected, (what, answer.content[:300])
