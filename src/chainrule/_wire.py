@@ -304,7 +304,7 @@ def encode_parts(
     return _json_parts(tree, lists)
 
 
-_CHUNK = 65536
+_CHUNK = 8192
 """Array elements per piece of a large array in a JSON body."""
 _B64_CHUNK = 3 * 2**18  # array bytes per base64 piece (1 MiB of text; a multiple of 3)
 
