@@ -14,7 +14,7 @@ import ipaddress
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -202,10 +202,34 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
 _BATCHED = {"batched_jvp": "tangents", "batched_vjp": "cotangents"}
 
 
-def _check_work(name: str, req: dict[str, Any], declared: int, settings: ServerSettings) -> None:
+class _Limits(NamedTuple):
+    """A server's limits on requests (built once from its settings)."""
+
+    binary: Limit
+    json: Limit
+    elements: Limit
+    batch: Limit
+
+
+def _limits(settings: ServerSettings) -> _Limits:
+    json_fix = (
+        "plain JSON numbers take ~16x their text in memory: send large arrays as "
+        f"{_wire.BINARY} (chainrule.connect does)"
+    )
+    binary = Limit(settings.max_body_bytes, "max_body_bytes", "send smaller arrays")
+    text = Limit(settings.max_json_bytes, "max_json_bytes", json_fix)
+    return _Limits(
+        binary,
+        text if text.value < binary.value else binary,
+        Limit(settings.max_elements, "max_elements", "send smaller arrays"),
+        Limit(settings.max_batch, "max_batch", "split the batch into several calls"),
+    )
+
+
+def _check_work(name: str, req: dict[str, Any], declared: int, limits: _Limits) -> None:
     """Refuse (413) a request asking for more work than the server's limits allow, judged by
     its declared sizes, not its bytes: a 200-byte body may declare 2**40 empty rows."""
-    elements = Limit(settings.max_elements, "max_elements", "send smaller arrays")
+    elements = limits.elements
     if declared > elements.value:
         path, largest = _largest(req, "")
         got = f"arrays declaring {declared} elements ({largest} in the largest)"
@@ -215,9 +239,8 @@ def _check_work(name: str, req: dict[str, Any], declared: int, settings: ServerS
         return
     rows = {path: _rows(value) for path, value in req[key].items()}
     path, batch = max(rows.items(), key=lambda item: item[1], default=("", 0))
-    limit = Limit(settings.max_batch, "max_batch", "split the batch into several calls")
-    if batch > limit.value:
-        raise too_large(limit, f"a batch of {batch} rows", f"{key}.{path}", "rows")
+    if batch > limits.batch.value:
+        raise too_large(limits.batch, f"a batch of {batch} rows", f"{key}.{path}", "rows")
     per_row = _elements(req["inputs"])  # a batched vjp answers batch × inputs elements
     if declared + batch * per_row > elements.value:
         got = f"a batch of {batch} rows × {per_row} input elements"
@@ -299,6 +322,7 @@ class _Service:
         self.component = component
         self.settings = settings
         self.pool = Pool(settings.max_threads, settings.call_timeout, "chainrule")
+        self.limits = _limits(settings)
         component.residuals.max_bytes = settings.residual_bytes
         component.residuals.ttl = settings.residual_ttl
 
@@ -333,7 +357,8 @@ class _Service:
             try:
                 self.authorize(headers)
                 types = content_types(headers)
-                body = await read_body(headers, receive, self._body_limit(types.incoming))
+                limit = self.limits.binary if types.incoming == _wire.BINARY else self.limits.json
+                body = await read_body(headers, receive, limit)
                 check = headers.get(_CHECK_HEADER) == "1"  # the client's check_finite
                 if not self.settings.threaded and len(body) <= YIELDING_BYTES:
                     return self.respond(name, body, types, check)
@@ -357,21 +382,11 @@ class _Service:
         endpoint.__name__ = name
         return endpoint
 
-    def _body_limit(self, incoming: str) -> Limit:
-        binary = Limit(self.settings.max_body_bytes, "max_body_bytes", "send smaller arrays")
-        if incoming == _wire.BINARY or self.settings.max_json_bytes >= binary.value:
-            return binary
-        fix = (
-            "plain JSON numbers take ~16x their text in memory: send large arrays as "
-            f"{_wire.BINARY} (chainrule.connect does)"
-        )
-        return Limit(self.settings.max_json_bytes, "max_json_bytes", fix)
-
     def respond(self, name: str, body: bytes | bytearray, types: Types, check: bool) -> Response:
         """Decode the body, check it, run endpoint `name`, encode the answer."""
         decoded = decode_counted(body, types.incoming)
         req = _request(name, decoded.tree)
-        _check_work(name, req, decoded.elements, self.settings)
+        _check_work(name, req, decoded.elements, self.limits)
         if not self.settings.allow_nonfinite:
             _check_finite(req, "")
         result = _call(self.component, name, req, check)
