@@ -464,3 +464,21 @@ def test_calls_run_in_worker_threads_and_health_answers_meanwhile() -> None:
             remote.apply({**inputs, "scale": -1.0})
         assert remote.apply({**inputs, "scale": 0.0}).total == 3.0
     assert threads and all(t.startswith("chainrule_") for t in threads)
+
+
+def test_without_threads_small_calls_run_on_the_loop_and_large_json_bodies_do_not() -> None:
+    """`threaded=False` saves the thread hop of small calls; a JSON body whose decoding costs
+    more than a hop (over 2 KiB) still goes to a worker thread, off the event loop."""
+    threads: list[str] = []
+
+    def fn(inputs: In) -> Out:
+        threads.append(threading.current_thread().name)
+        return Out(y=inputs.x, total=inputs.x.sum())
+
+    comp = cr.component(fn, inputs=In, outputs=Out, backend="numpy", name="inline")
+    with cr.serve(comp, threaded=False) as server:
+        small = {"inputs": {"x": np.ones(3), "k": np.ones(3)}}
+        assert _post(server, "/apply", small, _wire.BINARY)[0] == 200
+        large = {"inputs": {"x": np.ones(1000).tolist(), "k": np.ones(1000).tolist()}}
+        assert _post(server, "/apply", json.dumps(large).encode())[0] == 200
+    assert threads[0].startswith("chainrule-serve-") and threads[1].startswith("chainrule_")
