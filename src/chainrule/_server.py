@@ -1,10 +1,15 @@
 """The HTTP face of a component: a FastAPI app built from any component and frozen settings.
 
 Routes: `POST /<endpoint>` for every endpoint the component offers (see `_endpoints.ENDPOINTS`),
-`GET /health`, `GET /schema`, plus FastAPI's `/openapi.json` and `/docs`. Bodies use the wire
-format of `_wire` (binary or JSON, negotiated by `Content-Type` and `Accept`). Every error is
-a JSON body `{"error": {"type", "message", "errors"}}` that the client re-raises as the same
-`ChainruleError` subclass; no request can stop the server.
+`GET /health`, `GET /schema`, plus `/openapi.json`, `/docs` and `/redoc` (`_openapi`). Bodies
+use the wire format of `_wire` (binary or JSON, negotiated by `Content-Type` and `Accept`;
+`_server_http`). Every error is a JSON body `{"error": {"type", "message", "errors"}}` that
+the client re-raises as the same `ChainruleError` subclass; no request can stop the server.
+
+A request's body is read on the event loop within its size limit; decoding it, checking the
+work it declares (`_server_limits`), the call and encoding the answer then run in one worker
+thread (`_pool`, which times calls out and keeps serving while some hang), so neither a large
+body nor a long call stalls other clients.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import ipaddress
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -46,7 +51,6 @@ from ._server_http import (
     Answer,
     Answered,
     FastPath,
-    Limit,
     PartsResponse,
     Saturated,
     TimedOut,
@@ -54,9 +58,9 @@ from ._server_http import (
     content_types,
     error_response,
     read_body,
-    too_large,
 )
-from ._wire_decode import declared_elements, decode_counted
+from ._server_limits import check_work, limits_of
+from ._wire_decode import decode_counted
 
 __all__ = ["ServerSettings", "asgi_app", "create_app", "is_loopback"]
 
@@ -198,91 +202,6 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
     return dict(payload)
 
 
-# The batched endpoints and the request keyword holding their batch.
-_BATCHED = {"batched_jvp": "tangents", "batched_vjp": "cotangents"}
-
-
-class _Limits(NamedTuple):
-    """A server's limits on requests (built once from its settings)."""
-
-    binary: Limit
-    json: Limit
-    elements: Limit
-    batch: Limit
-
-
-def _limits(settings: ServerSettings) -> _Limits:
-    json_fix = (
-        "plain JSON numbers take ~16x their text in memory: send large arrays as "
-        f"{_wire.BINARY} (chainrule.connect does)"
-    )
-    binary = Limit(settings.max_body_bytes, "max_body_bytes", "send smaller arrays")
-    text = Limit(settings.max_json_bytes, "max_json_bytes", json_fix)
-    return _Limits(
-        binary,
-        text if text.value < binary.value else binary,
-        Limit(settings.max_elements, "max_elements", "send smaller arrays"),
-        Limit(settings.max_batch, "max_batch", "split the batch into several calls"),
-    )
-
-
-def _check_work(name: str, req: dict[str, Any], declared: int, limits: _Limits) -> None:
-    """Refuse (413) a request asking for more work than the server's limits allow, judged by
-    its declared sizes, not its bytes: a 200-byte body may declare 2**40 empty rows."""
-    elements = limits.elements
-    if declared > elements.value:
-        path, largest = _largest(req, "")
-        got = f"arrays declaring {declared} elements ({largest} in the largest)"
-        raise too_large(elements, got, path, "elements")
-    key = _BATCHED.get(name)
-    if key is None:
-        return
-    rows = {path: _rows(value) for path, value in req[key].items()}
-    path, batch = max(rows.items(), key=lambda item: item[1], default=("", 0))
-    if batch > limits.batch.value:
-        raise too_large(limits.batch, f"a batch of {batch} rows", f"{key}.{path}", "rows")
-    per_row = _elements(req["inputs"])  # a batched vjp answers batch × inputs elements
-    if declared + batch * per_row > elements.value:
-        got = f"a batch of {batch} rows × {per_row} input elements"
-        raise too_large(elements, got, key, "elements")
-
-
-def _largest(tree: Any, path: str) -> tuple[str, int]:
-    """(path, declared elements) of the largest array in a decoded tree (to name it)."""
-    if isinstance(tree, np.ndarray):
-        return path, declared_elements(tree.shape)
-    items = (
-        tree.items()
-        if isinstance(tree, dict)
-        else enumerate(tree)
-        if isinstance(tree, list)
-        else ()
-    )
-    found = [_largest(value, f"{path}.{key}" if path else str(key)) for key, value in items]
-    return max(found, key=lambda item: item[1], default=(path or "(body)", 0))
-
-
-def _rows(value: Any) -> int:
-    """The batch size of one batched tangent or cotangent."""
-    if isinstance(value, np.ndarray):
-        return int(value.shape[0]) if value.ndim else 0
-    return len(value) if isinstance(value, list) else 0
-
-
-def _elements(tree: Any) -> int:
-    """The elements of the arrays in a decoded tree, as `declared_elements` counts them;
-    plain lists by their first items (their numbers cost body bytes anyway)."""
-    if isinstance(tree, np.ndarray):
-        return declared_elements(tree.shape)
-    if isinstance(tree, dict):
-        return sum(_elements(value) for value in tree.values())
-    if isinstance(tree, list) and tree:
-        if isinstance(tree[0], dict):
-            return sum(_elements(value) for value in tree)
-        return len(tree) * _elements(tree[0])
-    return 1
-
-
 def _shapes_tree(out: Any) -> dict[str, Any]:
     leaves = _tree.leaves(out)
     described = {
@@ -332,7 +251,7 @@ class _Service:
         self.component = component
         self.settings = settings
         self.pool = Pool(settings.max_threads, settings.call_timeout, "chainrule")
-        self.limits = _limits(settings)
+        self.limits = limits_of(settings)
         component.residuals.max_bytes = settings.residual_bytes
         component.residuals.ttl = settings.residual_ttl
 
@@ -396,7 +315,7 @@ class _Service:
         """Decode the body, check it, run endpoint `name`, encode the answer."""
         decoded = decode_counted(body, types.incoming)
         req = _request(name, decoded.tree)
-        _check_work(name, req, decoded.elements, self.limits)
+        check_work(name, req, decoded.elements, self.limits)
         if not self.settings.allow_nonfinite:
             _check_finite(req, "")
         result = _call(self.component, name, req, check)
