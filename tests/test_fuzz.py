@@ -205,9 +205,41 @@ def _run_operation(
         ctype = answer.headers.get("content-type", "")
         _check_answer(answer.status_code, ctype, answer.content, f"binary {what}")
         statuses[answer.status_code] += 1
+        if not isinstance(case.body, dict):
+            return
+        kind = HOSTILE[sum(statuses.values()) % len(HOSTILE)]
+        answer = session.post(  # and a hostile variant of it (issue 12)
+            f"{server.url}{case.path}",
+            data=json.dumps(_hostile(case.body, kind, case.path)).encode(),  # ASCII escapes
+            headers={"Content-Type": _wire.JSON},
+            timeout=30,
+        )
+        ctype = answer.headers.get("content-type", "")
+        _check_answer(answer.status_code, ctype, answer.content, f"{kind} {what}")
 
     fuzz()
     return statuses
+
+
+HOSTILE = ("surrogate", "flood", "empty-batch")
+
+
+def _hostile(body: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
+    """`body` with a lone surrogate key, 2,000 made-up keys, or (on batched routes) a batch of
+    2**40 empty rows, where its inputs are (or at its top level)."""
+    body = copy.deepcopy(body)
+    inputs = body.get("inputs")
+    target = inputs if isinstance(inputs, dict) else body
+    if kind == "surrogate":
+        target["\ud800"] = 1
+    elif kind == "flood":
+        target.update({f"k{i}": i for i in range(2000)})
+    elif path.startswith("/batched"):
+        key = "tangents" if path == "/batched_jvp" else "cotangents"
+        rows = {"$array": {"dtype": "float64", "shape": [2**40, 0], "data": ""}}
+        given = body.get(key)
+        body[key] = {name: rows for name in (given if isinstance(given, dict) else "xy")}
+    return body
 
 
 def _ok(result: Any) -> Any:
