@@ -55,6 +55,17 @@ class _Job:
         self.cancelled = False  # answered (503) before any thread took it: do not run it
 
 
+class _Shared:
+    """What the pool shares with its threads: never the pool itself, so that the pool can be
+    garbage-collected (and its idle threads stopped) while they wait for work."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.running: set[_Job] = set()
+        self.threads = 0
+
+
 class Pool:
     """Threads named `name_<i>` running calls for an event loop (see the module notes).
 
@@ -65,83 +76,77 @@ class Pool:
     """
 
     def __init__(self, size: int, timeout: float | None, name: str) -> None:
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._size, self._timeout, self._name = size, timeout, name
-        self._lock = threading.Lock()
-        self._running: set[_Job] = set()
-        self._threads = [0]  # shared with the finalizer, which stops them all
+        self._shared = _Shared()
         # Not at interpreter exit: woken daemon threads meeting a finalizing interpreter abort
         # the process (seen with torch loaded); blocked ones just end with it.
-        weakref.finalize(self, _stop, self._queue, self._threads).atexit = False
+        weakref.finalize(self, _stop, self._shared).atexit = False
 
     @property
     def threads(self) -> int:
         """Threads started so far (idle, running or hung)."""
-        return self._threads[0]
+        return self._shared.threads
 
     def hung(self) -> int:
         """Threads whose call has run past the timeout."""
         if self._timeout is None:
             return 0
         deadline = time.monotonic() - self._timeout
-        with self._lock:
-            return sum(
-                1 for job in self._running if job.started is not None and job.started < deadline
-            )
+        with self._shared.lock:
+            running = list(self._shared.running)
+        return sum(1 for job in running if job.started is not None and job.started < deadline)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in a worker thread; raises `Expired` or `Busy` past the timeout."""
         loop = asyncio.get_running_loop()
         job = _Job(loop, loop.create_future(), fn, args)
         self._admit()
-        self._queue.put(job)
+        self._shared.queue.put(job)
         timer = None if self._timeout is None else loop.call_later(self._timeout, self._expire, job)
         try:
             return await job.future
         finally:
             if timer is not None:
                 timer.cancel()
-            job.cancelled = True  # cancelled by the loop (shutdown): no thread need run it
+            job.cancelled = True  # answered, or cancelled by the loop: no thread need run it
 
     def _admit(self) -> None:
         """Start a thread if none is free to take the next call, or refuse it if all are hung."""
-        with self._lock:
-            free = self._threads[0] - len(self._running) - self._queue.qsize()
+        shared = self._shared
+        with shared.lock:
+            free = shared.threads - len(shared.running) - shared.queue.qsize()
         if free > 0:
             return
-        if self._threads[0] < self._size:
-            self._start()
+        if shared.threads < self._size:
+            name = f"{self._name}_{shared.threads}"
+            shared.threads += 1
+            threading.Thread(target=_work, args=(shared,), name=name, daemon=True).start()
         elif self.hung() >= self._size:
             raise Busy(self._size, None)
 
-    def _start(self) -> None:
-        index = self._threads[0]
-        self._threads[0] += 1
-        worker = threading.Thread(target=self._work, name=f"{self._name}_{index}", daemon=True)
-        worker.start()
-
     def _expire(self, job: _Job) -> None:
         """The timeout, on the loop: answer the call whether or not its thread ever returns."""
-        with self._lock:
+        with self._shared.lock:
             started = job.started is not None
             job.cancelled = not started
         if not job.future.done():
             failure = Expired() if started else Busy(self.hung(), self._timeout)
             job.future.set_exception(failure)
 
-    def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
-            with self._lock:
-                if job.cancelled:
-                    continue
-                job.started = time.monotonic()
-                self._running.add(job)
-            try:
-                _do(job)
-            finally:
-                with self._lock:
-                    self._running.discard(job)
-            del job  # waiting for the next job must not keep this one's arrays alive
+
+def _work(shared: _Shared) -> None:
+    while (job := shared.queue.get()) is not None:
+        with shared.lock:
+            if job.cancelled:
+                continue
+            job.started = time.monotonic()
+            shared.running.add(job)
+        try:
+            _do(job)
+        finally:
+            with shared.lock:
+                shared.running.discard(job)
+        del job  # waiting for the next job must not keep this one's arrays alive
 
 
 def _do(job: _Job) -> None:
@@ -162,6 +167,6 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def _stop(jobs: queue.SimpleQueue[_Job | None], threads: list[int]) -> None:
-    for _ in range(threads[0]):
-        jobs.put(None)
+def _stop(shared: _Shared) -> None:
+    for _ in range(shared.threads):
+        shared.queue.put(None)
