@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import http.client
 import json
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
@@ -203,9 +205,41 @@ def _run_operation(
         ctype = answer.headers.get("content-type", "")
         _check_answer(answer.status_code, ctype, answer.content, f"binary {what}")
         statuses[answer.status_code] += 1
+        if not isinstance(case.body, dict):
+            return
+        kind = HOSTILE[sum(statuses.values()) % len(HOSTILE)]
+        answer = session.post(  # and a hostile variant of it (issue 12)
+            f"{server.url}{case.path}",
+            data=json.dumps(_hostile(case.body, kind, case.path)).encode(),  # ASCII escapes
+            headers={"Content-Type": _wire.JSON},
+            timeout=30,
+        )
+        ctype = answer.headers.get("content-type", "")
+        _check_answer(answer.status_code, ctype, answer.content, f"{kind} {what}")
 
     fuzz()
     return statuses
+
+
+HOSTILE = ("surrogate", "flood", "empty-batch")
+
+
+def _hostile(body: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
+    """`body` with a lone surrogate key, 2,000 made-up keys, or (on batched routes) a batch of
+    2**40 empty rows, where its inputs are (or at its top level)."""
+    body = copy.deepcopy(body)
+    inputs = body.get("inputs")
+    target = inputs if isinstance(inputs, dict) else body
+    if kind == "surrogate":
+        target["\ud800"] = 1
+    elif kind == "flood":
+        target.update({f"k{i}": i for i in range(2000)})
+    elif path.startswith("/batched"):
+        key = "tangents" if path == "/batched_jvp" else "cotangents"
+        rows = {"$array": {"dtype": "float64", "shape": [2**40, 0], "data": ""}}
+        given = body.get(key)
+        body[key] = {name: rows for name in (given if isinstance(given, dict) else "xy")}
+    return body
 
 
 def _ok(result: Any) -> Any:
@@ -244,10 +278,28 @@ def test_schemathesis_finds_no_server_error(servers: Servers, name: str) -> None
 # Bugs the fuzzing found (each answered 500 before its fix): regression tests
 
 
+def _vjp_only() -> cr.Component:
+    """`cases.vector` on numpy whose only derivative is a written vjp: every other one is
+    derived from it by chainrule."""
+    case = CASES[0]
+    comp = cr.component(
+        case.make(np), inputs=case.inputs, outputs=case.outputs, backend="numpy", name="vjp_only"
+    )
+
+    @comp.def_vjp
+    def vjp(inputs: Any, cotangents: dict[str, Any]) -> dict[str, Any]:
+        x, scale = inputs.x, inputs.scale
+        y, s = cotangents.get("y", 0.0), cotangents.get("s", 0.0)  # either may be left out
+        return {"x": (scale * np.cos(x) + 2 * x) * y + 3 * x**2 * s}
+
+    return comp
+
+
 COMPONENTS.update(
     {
         "vector_fd": lambda: build(CASES[0], "numpy"),
         "vector_jax": lambda: build(CASES[0], "jax"),
+        "vjp_only": _vjp_only,
     }
 )
 X3 = {"x": [0.1, 0.5, 0.9]}
@@ -277,6 +329,24 @@ X3 = {"x": [0.1, 0.5, 0.9]}
             200,
             id="fd-vjp-no-cotangent",
         ),
+        # derived from a written vjp, at an empty input: once a 500 "KeyError 'x'" blaming
+        # the author (the derived Jacobian's basis was a batch of 0 rows)
+        *[
+            pytest.param(
+                "vjp_only",
+                route,
+                {"inputs": {"x": []}, **extra},
+                200,
+                id=f"vjp-only-{route}-empty-input",
+            )
+            for route, extra in [
+                ("jvp", {"tangents": {"x": []}, "of": ["y"]}),
+                ("jacobian", {"of": ["y"]}),
+                ("jacobian", {}),
+                ("batched_jvp", {"tangents": {"x": [[], []]}, "of": "y"}),
+                ("batched_jvp", {"tangents": {"x": [[]]}}),
+            ]
+        ],
         pytest.param(
             "vector_fd",
             "batched_vjp",
@@ -731,3 +801,192 @@ def test_corrupted_bodies_get_4xx_from_a_live_server(servers: Servers) -> None:
     finally:
         conn.close()
     _healthy(server)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile requests: lone surrogates, empty batches, key floods (issue 12)
+
+SURROGATE = "\ud800"
+# Where a request carries a name: (route, body with SURROGATE at that place, the path named).
+NAMED: list[tuple[str, dict[str, Any], str]] = [
+    ("apply", {"inputs": {"x": [0.5], SURROGATE: 1}}, "inputs"),
+    ("apply", {"inputs": {"x": [0.5]}, SURROGATE: 1}, "<root>"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "wrt": SURROGATE}, "wrt"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "wrt": [SURROGATE]}, "wrt[0]"),
+    ("jvp", {"inputs": {"x": [0.5]}, "tangents": {"x": [1.0]}, "of": [SURROGATE]}, "of[0]"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {SURROGATE: [1.0]}}, "cotangents"),
+    ("jvp", {"inputs": {"x": [0.5]}, "tangents": {SURROGATE: [1.0]}}, "tangents"),
+    ("vjp", {"inputs": {"x": [0.5]}, "cotangents": {"y": [1.0]}, "handle": SURROGATE}, "handle"),
+]
+
+
+def _ascii_body(tree: Any, ctype: str) -> bytes:
+    """`tree` as a body whose JSON escapes every non-ASCII character (`\\ud800` for a lone
+    surrogate, which `_wire.encode` refuses to write): JSON text, or a binary header of it."""
+    text = json.dumps(tree).encode()  # ensure_ascii: lone surrogates become \\udxxx escapes
+    return text if ctype == _wire.JSON else _frame(_json({"tree": tree, "arrays": []}))
+
+
+@pytest.mark.parametrize(("route", "body", "path"), NAMED, ids=[n[2] + "-" + n[0] for n in NAMED])
+@pytest.mark.parametrize("ctype", [_wire.JSON, _wire.BINARY], ids=["json", "binary"])
+def test_lone_surrogates_get_a_4xx_naming_the_field(
+    servers: Servers, route: str, body: dict[str, Any], path: str, ctype: str
+) -> None:
+    """A `\\ud800` escape decodes to a string no encoder can write: once a plain-text 500
+    (the error message naming it could not be encoded), now a 400 naming where it is."""
+    server = servers["vector_fd"]
+    answer = requests.post(
+        f"{server.url}/{route}",
+        data=_ascii_body(body, ctype),
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.content[:300]
+    error = answer.json()["error"]
+    assert error["type"] == "WireFormatError" and "not valid Unicode" in error["message"]
+    assert error["errors"][0]["path"] == path, error
+    assert "\\ud800" in error["errors"][0]["got"], error
+
+
+NAMES = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2)
+NAMES = NAMES | st.builds(lambda a, b: a + b, st.text(max_size=3), NAMES)
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    name=NAMES,
+    where=st.sampled_from(["inputs", "top", "wrt", "of", "cotangents", "tangents", "value"]),
+    route=st.sampled_from(["apply", "vjp", "jvp", "jacobian", "batched_vjp"]),
+    ctype=st.sampled_from([_wire.JSON, _wire.BINARY]),
+)
+def test_surrogates_anywhere_get_4xx(
+    servers: Servers, name: str, where: str, route: str, ctype: str
+) -> None:
+    server = servers["vector_fd"]
+    body: dict[str, Any] = {"inputs": {"x": [0.5, 1.0]}, "cotangents": {"y": [1.0, 1.0]}}
+    if where in ("inputs", "cotangents"):
+        body[where][name] = [1.0]
+    elif where == "tangents":
+        body["tangents"] = {name: [1.0, 1.0]}
+    elif where == "top":
+        body[name] = 0
+    elif where == "value":
+        body["inputs"]["scale"] = name
+    else:
+        body[where] = [name]
+    answer = requests.post(
+        f"{server.url}/{route}",
+        data=_ascii_body(body, ctype),
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    _check_answer(answer.status_code, answer.headers["content-type"], answer.content, repr(body))
+    assert answer.status_code < 500
+
+
+def _flood(where: str, n: int, duplicate: bool) -> bytes:
+    """A JSON /vjp body with `n` made-up keys at `where` (each twice if `duplicate`)."""
+    keys = "".join(f',"k{i}":0' * (2 if duplicate else 1) for i in range(n))
+    inputs, cotangents, top = '"x":[0.5]', '"y":[1.0]', ""
+    if where == "inputs":
+        inputs += keys
+    elif where == "cotangents":
+        cotangents += keys
+    else:
+        top = keys
+    return f'{{"inputs":{{{inputs}}},"cotangents":{{{cotangents}}}{top}}}'.encode()
+
+
+@pytest.mark.parametrize("where", ["inputs", "top", "cotangents"])
+@pytest.mark.parametrize("duplicate", [False, True], ids=["unknown", "duplicate"])
+def test_a_flood_of_50000_keys_is_refused_fast_with_a_bounded_answer(
+    servers: Servers, where: str, duplicate: bool
+) -> None:
+    """50,000 unknown (or duplicate) keys, a 0.6-1.3 MB body, once took minutes to refuse:
+    the errors were collected with quadratic searches. Now linear, and the answer lists the
+    first problems and says how many more."""
+    server = servers["vector_fd"]
+    start = time.monotonic()
+    answer = requests.post(
+        f"{server.url}/vjp",
+        data=_flood(where, 50_000, duplicate),
+        headers={"Content-Type": _wire.JSON},
+        timeout=60,
+    )
+    assert time.monotonic() - start < 15, "refusing a key flood took too long"
+    assert answer.status_code in (400, 422) and len(answer.content) < 16_384, answer.content[:300]
+    error = answer.json()["error"]
+    assert len(error["errors"]) <= 20
+    if where == "inputs" and not duplicate:
+        assert error["message"].endswith("and 49980 more errors"), error["message"][-200:]
+    if where == "top" and not duplicate:
+        assert "and 49980 more" in error["message"], error["message"][-300:]
+    _healthy(server)
+
+
+@settings(FUZZ, max_examples=12)
+@given(
+    n=st.integers(1, 20_000),
+    where=st.sampled_from(["inputs", "top", "cotangents"]),
+    duplicate=st.booleans(),
+    ctype=st.sampled_from([_wire.JSON, _wire.BINARY]),
+)
+def test_key_floods_get_a_bounded_4xx(
+    servers: Servers, n: int, where: str, duplicate: bool, ctype: str
+) -> None:
+    server = servers["vector_fd"]
+    body = _flood(where, n, duplicate)
+    if ctype == _wire.BINARY:  # the same tree as a binary header (duplicates and all)
+        body = _frame(b'{"tree":' + body + b',"arrays":[]}')
+    answer = requests.post(
+        f"{server.url}/vjp", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
+    _check_answer(answer.status_code, answer.headers["content-type"], answer.content, str(n))
+    assert answer.status_code >= 400 and len(answer.content) < 16_384
+
+
+BATCHES = [0, 1, 2, 3, 2**16, 2**16 + 1, 2**28, 2**40, 2**62]
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    route=st.sampled_from(["batched_vjp", "batched_jvp"]),
+    batch=st.sampled_from(BATCHES),
+    size=st.sampled_from([0, 0, 1, 3]),
+    ctype=st.sampled_from([_wire.JSON, _wire.BINARY]),
+    name=st.sampled_from(["vector_fd", "vjp_only"]),
+)
+def test_empty_batch_shapes_are_answered_quickly_and_never_500(
+    servers: Servers, route: str, batch: int, size: int, ctype: str, name: str
+) -> None:
+    """Batches of 0 to 2**62 rows of x (size 0..3; empty rows when 0) declared in a body
+    that holds no data when the rows are empty: a result, a 422 or a 413, at once."""
+    server = servers[name]
+    key, path = ("cotangents", "y") if route == "batched_vjp" else ("tangents", "x")
+    rows = {"dtype": "float64", "shape": [batch, size], "data": ""}
+    if batch * size:  # rows with data: keep them few enough to send
+        assume(batch * size <= 3 * 2**16)
+        rows["data"] = base64.b64encode(bytes(8 * batch * size)).decode()
+    x = {"dtype": "float64", "shape": [size], "data": base64.b64encode(bytes(8 * size)).decode()}
+    tree = {"inputs": {"x": {"$array": x}}, key: {path: {"$array": rows}}}
+    body = json.dumps(tree).encode()
+    if ctype == _wire.BINARY:  # the same arrays, described in a binary header
+        offset = -(-8 * size // 64) * 64
+        arrays = [
+            {"dtype": "float64", "shape": [size], "offset": 0, "nbytes": 8 * size},
+            {"dtype": "float64", "shape": [batch, size], "offset": offset, "nbytes": 0},
+        ]
+        arrays[1]["nbytes"] = 8 * batch * size
+        header = {"inputs": {"x": {"$array": 0}}, key: {path: {"$array": 1}}}
+        data = bytes(offset + 8 * batch * size) if batch * size else bytes(8 * size)
+        body = _frame(_json({"tree": header, "arrays": arrays}), data)
+    start = time.monotonic()
+    answer = requests.post(
+        f"{server.url}/{route}", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
+    what = f"{route} {batch}x{size} {ctype}"
+    _check_answer(answer.status_code, answer.headers["content-type"], answer.content, what)
+    assert time.monotonic() - start < 10, what
+    # 2**62 rows of float64 overflow numpy's sizes even when empty: refused as malformed
+    expected = 400 if batch == 2**62 else 413 if batch > 2**16 else 200 if batch else 422
+    assert answer.status_code == expected, (what, answer.content[:300])

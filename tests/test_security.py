@@ -406,6 +406,107 @@ def test_a_declared_length_is_not_allocated_before_the_bytes_arrive() -> None:
         assert grown < declared, f"RSS grew by {grown / 2**20:.0f} MiB for idle connections"
 
 
+def test_json_bodies_have_their_own_smaller_limit() -> None:
+    """Plain JSON numbers take 15-18x their text in memory once parsed, so the 1 GiB body
+    limit let a JSON request grow to ~16 GiB: JSON bodies have their own limit, and the 413
+    says which limit was hit. A binary body of the same size is still accepted."""
+    x = np.linspace(0.0, 1.0, 2000)
+    with cr.serve(_counted("json_limit"), max_json_bytes=LIMIT) as server:
+        status, data, _ = _request(
+            server,
+            "POST",
+            "/apply",
+            _wire.encode({"inputs": {"x": x}}, _wire.JSON),
+            {"Content-Type": _wire.JSON},
+        )
+        assert _error_type(status, data, 413) == "WireFormatError"
+        message = json.loads(data)["error"]["message"]
+        assert f"limit of {LIMIT} bytes (max_json_bytes)" in message, message
+        assert "~16x their text in memory" in message and "--max-json-bytes" in message
+        status, data, elapsed = _partial_post(server.port, "/apply", declared=2 * LIMIT, sent=10)
+        assert status == 413 and b"max_json_bytes" in data and elapsed < 4
+        binary = _wire.encode({"inputs": {"x": x}}, _wire.BINARY)
+        assert len(binary) > LIMIT
+        status, data, _ = _request(server, "POST", "/apply", binary, {"Content-Type": _wire.BINARY})
+        assert status == 200, data[:300]
+    assert ServerSettings().max_json_bytes * 18 <= 1.2 * ServerSettings().max_body_bytes
+
+
+# ---- declared work -----------------------------------------------------------------------------
+
+
+def _binary_body(tree: Any, shapes: list[list[int]], data: bytes = b"") -> bytes:
+    """A binary body whose arrays are described by `shapes` (float64; their bytes in `data`)."""
+    arrays, offset = [], 0
+    for shape in shapes:
+        nbytes = int(np.prod(shape, dtype=object)) * 8
+        arrays.append({"dtype": "float64", "shape": shape, "offset": offset, "nbytes": nbytes})
+        offset += -(-nbytes // 64) * 64
+    header = json.dumps({"tree": tree, "arrays": arrays}).encode()
+    prefix = _wire.MAGIC + struct.pack("<Q", len(header)) + header
+    return prefix + bytes(-len(prefix) % 64) + data
+
+
+EMPTY_ROWS = {"inputs": {"x": {"$array": 0}}, "cotangents": {"y": {"$array": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("rows", "setting", "path"),
+    [(2**40, "max_elements", "cotangents.y"), (2**20, "max_batch", "cotangents.y")],
+)
+@pytest.mark.parametrize("ctype", [_wire.BINARY, _wire.JSON], ids=["binary", "json"])
+def test_a_batch_of_empty_rows_is_refused_by_its_declared_size(
+    small: cr.Server, rows: int, setting: str, path: str, ctype: str
+) -> None:
+    """A ~250-byte /batched_vjp declaring 2**40 empty rows (0 data bytes) passed every size
+    check and looped 2**40 times in a worker; four of them stopped every endpoint. The work
+    a request asks for is now bounded by its declared sizes: 413, naming field and limit."""
+    if ctype == _wire.BINARY:
+        body = _binary_body(EMPTY_ROWS, [[0], [rows, 0]])
+    else:
+        empty = {"dtype": "float64", "data": ""}
+        body = json.dumps(
+            {
+                "inputs": {"x": {"$array": {**empty, "shape": [0]}}},
+                "cotangents": {"y": {"$array": {**empty, "shape": [rows, 0]}}},
+            }
+        ).encode()
+    assert len(body) < 300
+    counted = len(CALLS)
+    start = time.monotonic()
+    status, data, _ = _request(small, "POST", "/batched_vjp", body, {"Content-Type": ctype})
+    assert time.monotonic() - start < 5 and len(CALLS) == counted
+    assert _error_type(status, data, 413) == "WireFormatError"
+    error = json.loads(data)["error"]
+    assert f"({setting})" in error["message"] and error["errors"][0]["path"] == path, error
+    assert _request(small, "GET", "/health")[0] == 200
+
+
+def test_a_batch_times_its_inputs_is_bounded_and_the_limits_are_settings() -> None:
+    """A batched vjp answers batch × input elements: a large input with many empty rows asks
+    for a huge answer from a small body. Both limits are settings."""
+    with cr.serve(_counted("work"), max_batch=4, max_elements=10_000) as server:
+        x = np.ones(3)
+        for rows, status in ((4, 200), (5, 413)):
+            body = _wire.encode({"inputs": {"x": x}, "cotangents": {"y": np.ones((rows, 3))}})
+            answer = _request(server, "POST", "/batched_vjp", body, {"Content-Type": _wire.BINARY})
+            assert answer[0] == status, answer[1][:300]
+        assert b"(max_batch)" in answer[1] and b"--max-batch" in answer[1]
+        big = np.ones(5000)  # 3 rows x 5000 input elements > 10_000
+        body = _binary_body(EMPTY_ROWS, [[5000], [3, 0]], big.tobytes())
+        status, data, _ = _request(
+            server, "POST", "/batched_vjp", body, {"Content-Type": _wire.BINARY}
+        )
+        assert _error_type(status, data, 413) == "WireFormatError"
+        message = json.loads(data)["error"]["message"]
+        assert "a batch of 3 rows × 5000 input elements" in message, message
+        body = _binary_body(EMPTY_ROWS, [[0], [2**14, 0]])  # declared 16384 > 10_000
+        status, data, _ = _request(
+            server, "POST", "/batched_vjp", body, {"Content-Type": _wire.BINARY}
+        )
+        assert _error_type(status, data, 413) == "WireFormatError" and b"(max_elements)" in data
+
+
 # ---- decoding never imports, executes or opens anything ----------------------------------------
 
 WATCHED = (

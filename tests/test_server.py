@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -275,6 +276,58 @@ def test_plain_lists_and_accept_negotiation(lenient: cr.Server) -> None:
     np.testing.assert_array_equal(answer["outputs"]["y"], np.sin(X["x"]) * X["k"])
 
 
+def _json_answer(server: cr.Server, path: str, body: bytes, **headers: str) -> Any:
+    """The answer to a POST as parsed JSON (no `$array` decoding: what curl shows)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_json_answers_carry_arrays_in_the_form_the_request_used(lenient: cr.Server) -> None:
+    """A curl user sending plain lists got base64 back and could not read a number: a JSON
+    answer now mirrors the request (lists for lists), or follows `Accept: application/json;
+    arrays=lists|base64`."""
+    plain = json.dumps({"inputs": {"x": [0.1, 0.2, 0.3], "k": [1, 2, 3]}}).encode()
+    expected = (np.sin(X["x"]) * X["k"]).tolist()
+    ctype = {"Content-Type": _wire.JSON}
+    status, answer = _json_answer(lenient, "/apply", plain, **ctype)
+    assert status == 200 and answer["outputs"]["y"] == expected, answer
+    assert isinstance(answer["outputs"]["total"], float)
+    base64 = {**ctype, "Accept": "application/json; arrays=base64"}
+    status, answer = _json_answer(lenient, "/apply", plain, **base64)
+    assert answer["outputs"]["y"]["$array"]["dtype"] == "float64", answer
+    as_arrays = _wire.encode({"inputs": X}, _wire.JSON)  # $array objects in: $array out
+    status, answer = _json_answer(lenient, "/apply", as_arrays, **ctype)
+    assert "$array" in answer["outputs"]["y"], answer
+    binary = _wire.encode({"inputs": X}, _wire.BINARY)
+    lists = {"Content-Type": _wire.BINARY, "Accept": "application/json; arrays=lists"}
+    status, answer = _json_answer(lenient, "/apply", binary, **lists)
+    assert answer["outputs"]["y"] == expected, answer
+    status, answer = _json_answer(
+        lenient,
+        "/vjp",
+        json.dumps(
+            {"inputs": {"x": [0.1, 0.2, 0.3], "k": [1, 2, 3]}, "cotangents": {"y": [1, 0, 0]}}
+        ).encode(),
+        **ctype,
+    )
+    assert status == 200 and isinstance(answer["result"]["x"], list), answer
+    # NaN has no JSON number: an array holding one stays an $array object
+    nan = _wire.encode({"inputs": {**X, "k": np.array([np.nan, 1.0, 1.0])}}, _wire.JSON)
+    lists = {**ctype, "Accept": "application/json; arrays=lists"}
+    status, answer = _json_answer(lenient, "/apply", nan, **lists)
+    y = _wire.decode(json.dumps(answer["outputs"]).encode(), _wire.JSON)["y"]
+    assert np.isnan(y[0]) and "$array" in answer["outputs"]["y"], answer
+    status, answer = _json_answer(
+        lenient, "/apply", plain, **{**ctype, "Accept": "application/json; arrays=hex"}
+    )
+    assert status == 415 and "arrays=lists" in answer["error"]["message"], answer
+
+
 # ---- security --------------------------------------------------------------------------------
 
 
@@ -356,14 +409,31 @@ def test_openapi_is_valid_and_matches_snapshot(strict: cr.Server) -> None:
     )
 
 
-def test_docs_page(strict: cr.Server) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", strict.port, timeout=10)
+def _get(server: cr.Server, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        conn.request("GET", "/docs")
+        conn.request("GET", path)
         resp = conn.getresponse()
-        assert resp.status == 200 and b"swagger" in resp.read().lower()
+        return resp.status, resp.read()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_work_offline(strict: cr.Server, page: str) -> None:
+    """/docs loaded Swagger UI from a CDN: a blank page offline and on air-gapped clusters.
+    The pages now reference nothing outside the server, and every asset they load answers."""
+    status, html = _get(strict, page)
+    assert status == 200 and b"openapi.json" in html
+    assert re.search(rb"https?://", html) is None, html  # no CDN, no fonts, no validator
+    assets = re.findall(rb'(?:src|href)="([^"]+)"', html)
+    assert any(a.endswith(b".js") for a in assets), assets
+    for asset in assets:
+        assert asset.startswith(b"/"), asset
+        status, content = _get(strict, asset.decode())
+        assert status == 200 and len(content) > 1000, asset
+    if page == "/docs":
+        assert b"swagger" in html.lower() and b'"validatorUrl": null' in html
 
 
 def test_calls_run_in_worker_threads_and_health_answers_meanwhile() -> None:
@@ -394,3 +464,21 @@ def test_calls_run_in_worker_threads_and_health_answers_meanwhile() -> None:
             remote.apply({**inputs, "scale": -1.0})
         assert remote.apply({**inputs, "scale": 0.0}).total == 3.0
     assert threads and all(t.startswith("chainrule_") for t in threads)
+
+
+def test_without_threads_small_calls_run_on_the_loop_and_large_json_bodies_do_not() -> None:
+    """`threaded=False` saves the thread hop of small calls; a JSON body whose decoding costs
+    more than a hop (over 2 KiB) still goes to a worker thread, off the event loop."""
+    threads: list[str] = []
+
+    def fn(inputs: In) -> Out:
+        threads.append(threading.current_thread().name)
+        return Out(y=inputs.x, total=inputs.x.sum())
+
+    comp = cr.component(fn, inputs=In, outputs=Out, backend="numpy", name="inline")
+    with cr.serve(comp, threaded=False) as server:
+        small = {"inputs": {"x": np.ones(3), "k": np.ones(3)}}
+        assert _post(server, "/apply", small, _wire.BINARY)[0] == 200
+        large = {"inputs": {"x": np.ones(1000).tolist(), "k": np.ones(1000).tolist()}}
+        assert _post(server, "/apply", json.dumps(large).encode())[0] == 200
+    assert threads[0].startswith("chainrule-serve-") and threads[1].startswith("chainrule_")

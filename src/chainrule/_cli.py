@@ -57,6 +57,26 @@ def serve(
         str | None, typer.Option(envvar="CHAINRULE_TOKEN", help="bearer token")
     ] = None,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 2**30,
+    max_json_bytes: Annotated[int, typer.Option(min=1, help="largest JSON request body")] = 64
+    * 2**20,
+    max_elements: Annotated[
+        int, typer.Option(min=1, help="most array elements a request may declare")
+    ] = 2**28,
+    max_batch: Annotated[int, typer.Option(min=1, help="most rows of a batched request")] = 2**16,
+    call_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CHAINRULE_CALL_TIMEOUT",
+            min=0,
+            help="seconds before a call is answered 504 (0: no limit)",
+        ),
+    ] = 300.0,
+    max_threads: Annotated[
+        int, typer.Option(min=1, help="most worker threads, hung ones included")
+    ] = 32,
+    shutdown_timeout: Annotated[
+        int, typer.Option(min=0, help="seconds a stopping server waits for calls in progress")
+    ] = 10,
     refuse_nonfinite: Annotated[bool, typer.Option(help="answer 422 to NaN/inf inputs")] = False,
     threads: Annotated[
         bool,
@@ -82,6 +102,12 @@ def serve(
             port=port,
             token=token,
             max_body_bytes=max_body_bytes,
+            max_json_bytes=max_json_bytes,
+            max_elements=max_elements,
+            max_batch=max_batch,
+            call_timeout=call_timeout or None,
+            max_threads=max_threads,
+            shutdown_timeout=shutdown_timeout,
             allow_nonfinite=not refuse_nonfinite,
             threaded=threads,
         )
@@ -96,6 +122,9 @@ def serve(
         "log_level": "warning",
         "access_log": False,
         "lifespan": "off",
+        # On SIGTERM: wait this long for calls in progress, then cancel them and exit (a hung
+        # call would otherwise keep the server alive forever).
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
     if workers == 1:
         uvicorn.run(asgi_app(component, settings), **options)

@@ -115,6 +115,8 @@ def _batched_jvp_from_jacobian(jacobian: ImplFn) -> ImplFn:
     ) -> Any:
         jac = jacobian(p, res, wrt=tuple(tangents), of=of)  # one Jacobian for every tangent
         size = len(next(iter(tangents.values()))) if tangents else 0
+        if size == 0:
+            return _empty_batch(p, res, "tangents", {"of": of})
         return {
             o: np.stack(
                 [
@@ -135,6 +137,8 @@ def _batched_vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
         jac = jacobian(p, res, wrt=wrt, of=tuple(cotangents))  # one Jacobian for every row
         once = lambda *a, **k: jac  # noqa: E731
         size = len(next(iter(cotangents.values()))) if cotangents else 0
+        if size == 0:
+            return _empty_batch(p, res, "cotangents", {"wrt": wrt})
         rows = [
             _vjp_from_jacobian(once)(p, res, {o: c[b] for o, c in cotangents.items()}, wrt)
             for b in range(size)
@@ -201,17 +205,29 @@ def _batched_from_single(single: ImplFn, key: str) -> ImplFn:
     def batched(p: PointLike, res: Any, **request: Any) -> Any:
         stacked = request.pop(key)
         size = len(next(iter(stacked.values()))) if stacked else 0
+        if size == 0:
+            return _empty_batch(p, res, key, request)
         results = [
             single(p, res, **{key: {k: v[b] for k, v in stacked.items()}}, **request)
             for b in range(size)
         ]
-        return (
-            {k: np.stack([np.asarray(r[k]) for r in results]) for k in results[0]}
-            if (results)
-            else {}
-        )
+        return {k: np.stack([np.asarray(r[k]) for r in results]) for k in results[0]}
 
     return batched
+
+
+def _empty_batch(p: PointLike, res: Any, key: str, request: Mapping[str, Any]) -> Any:
+    """The answer to a batch of no rows, from shapes alone: there is no row to ask the source
+    endpoint about. Reached when a derived Jacobian has no rows or columns (an empty input or
+    output), whose basis is a batch of 0: `{input path: (0, *shape)}` for cotangents (a
+    batched vjp), `{output path: (0, *shape)}` for tangents (a batched jvp)."""
+    if key == "cotangents":
+        values = {w: np.asarray(p.values[w]) for w in request["wrt"]}
+        return {
+            w: np.zeros((0, *v.shape), np.result_type(v, np.float32)) for w, v in values.items()
+        }
+    shapes = p.out_shapes(tuple(request["of"]), res)
+    return {o: np.zeros((0, *shape)) for o, shape in shapes.items()}
 
 
 def _single_from_batched(batched: ImplFn, key: str) -> ImplFn:

@@ -1,51 +1,68 @@
 """The HTTP face of a component: a FastAPI app built from any component and frozen settings.
 
 Routes: `POST /<endpoint>` for every endpoint the component offers (see `_endpoints.ENDPOINTS`),
-`GET /health`, `GET /schema`, plus FastAPI's `/openapi.json` and `/docs`. Bodies use the wire
-format of `_wire` (binary or JSON, negotiated by `Content-Type` and `Accept`). Every error is
-a JSON body `{"error": {"type", "message", "errors"}}` that the client re-raises as the same
-`ChainruleError` subclass; no request can stop the server.
+`GET /health`, `GET /schema`, plus `/openapi.json`, `/docs` and `/redoc` (`_openapi`). Bodies
+use the wire format of `_wire` (binary or JSON, negotiated by `Content-Type` and `Accept`;
+`_server_http`). Every error is a JSON body `{"error": {"type", "message", "errors"}}` that
+the client re-raises as the same `ChainruleError` subclass; no request can stop the server.
+
+A request's body is read on the event loop within its size limit; decoding it, checking the
+work it declares (`_server_limits`), the call and encoding the answer then run in one worker
+thread (`_pool`, which times calls out and keeps serving while some hang), so neither a large
+body nor a long call stalls other clients.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import ipaddress
-import queue
 import sys
-import threading
 import traceback
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from . import _finite, _tree, _wire
-from ._component import Component
+from ._component import MAX_REPORTED, Component
 from ._endpoints import ENDPOINTS
 from ._errors import (
     AuthenticationError,
     ChainruleError,
-    ComponentError,
     EndpointUnavailableError,
     ValidationError,
-    WireFormatError,
 )
+from ._openapi import app_with_docs, install_openapi, openapi_body
+from ._pool import Busy, Expired, Pool
 from ._residuals import Handle
 from ._schema import ShapeDtype
+from ._server_http import (
+    Answer,
+    Answered,
+    FastPath,
+    PartsResponse,
+    Saturated,
+    TimedOut,
+    Types,
+    content_types,
+    error_response,
+    read_body,
+)
+from ._server_limits import check_work, limits_of
+from ._wire_decode import decode_counted
 
 __all__ = ["ServerSettings", "asgi_app", "create_app", "is_loopback"]
-
-# An endpoint handler: (request headers, ASGI receive) -> response.
-_Answer = Callable[[Mapping[str, str], Receive], Awaitable[Response]]
 
 _CHECK_HEADER = _finite.HEADER.lower()
 
@@ -58,12 +75,28 @@ class ServerSettings(BaseModel):
         port: TCP port (0: any free port).
         token: bearer token every request must carry (`Authorization: Bearer <token>`).
         max_body_bytes: larger request bodies get 413 before they are read whole.
+        max_json_bytes: the same for JSON bodies, whose plain numbers take ~16x their text
+            in memory once parsed (binary bodies are decoded in place): the default keeps a
+            JSON request near 1 GiB of memory, like a binary one at `max_body_bytes`.
+        max_elements: most array elements a request may ask for, counting what its shapes
+            declare (a 0-length dimension as 1, so 2**40 empty rows count 2**40) and, for
+            batched endpoints, batch size × input elements (the size of a batched vjp's
+            answer). Above it: 413. The default is 2 GiB of float64.
+        max_batch: most rows a batched request may have (each row may cost a call of the
+            component's derivative), whatever their size. Above it: 413.
         allow_nonfinite: accept NaN/inf in input, tangent and cotangent arrays.
         residual_bytes: byte budget of kept linearizations (`apply` with `keep`).
         residual_ttl: seconds a kept linearization lives at most.
         threaded: run endpoints in worker threads, so `/health` and other requests are
-            answered during a long (or hung) call; `False` runs every call on the event loop
-            (a few tens of µs less per call, but one long call blocks the server).
+            answered during a long (or hung) call; `False` runs calls with small bodies on the
+            event loop (a few tens of µs less per call, but one long call blocks the server).
+        call_timeout: seconds a call may take from its arrival; later, it is answered 504
+            (naming the component and endpoint) and its worker thread counts as hung. `None`:
+            no limit. The default is the client's (`chainrule.connect(timeout=300)`).
+        max_threads: most worker threads, hung ones included; the pool grows up to it when
+            calls are slow or hung, and answers 503 while every thread is hung.
+        shutdown_timeout: seconds a stopping server (SIGTERM) waits for calls in progress
+            before it cancels them and exits.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,11 +104,17 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
-    max_body_bytes: int = 2**30
+    max_body_bytes: PositiveInt = 2**30
+    max_json_bytes: PositiveInt = 64 * 2**20
+    max_elements: PositiveInt = 2**28
+    max_batch: PositiveInt = 2**16
     allow_nonfinite: bool = True
     residual_bytes: int = 512 * 2**20
     residual_ttl: float = 600.0
     threaded: bool = True
+    call_timeout: PositiveFloat | None = 300.0
+    max_threads: PositiveInt = 32
+    shutdown_timeout: NonNegativeInt = 10
 
 
 def is_loopback(host: str) -> bool:
@@ -86,91 +125,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-_STATUS: tuple[tuple[type[ChainruleError], int], ...] = (
-    (AuthenticationError, 401),
-    (WireFormatError, 400),
-    (ValidationError, 422),
-    (EndpointUnavailableError, 422),
-    (ComponentError, 500),
-)
-
-
-def _status(error: ChainruleError) -> int:
-    return next((code for cls, code in _STATUS if isinstance(error, cls)), 500)
-
-
-def error_response(error: ChainruleError, status: int | None = None) -> JSONResponse:
-    """The structured JSON error body every failure is answered with."""
-    return JSONResponse({"error": error.to_dict()}, status_code=status or _status(error))
-
-
-class _Answered(WireFormatError):
-    """A WireFormatError answered with its own HTTP status; clients see a WireFormatError."""
-
-    status = 400
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "type": WireFormatError.__name__}
-
-
-class _TooLarge(_Answered):
-    status = 413
-
-
-class _Unsupported(_Answered):
-    status = 415
-
-
-def _too_large(limit: int, got: str) -> _TooLarge:
-    return _TooLarge(
-        f"request body of {got} exceeds the limit of {limit} bytes; send smaller arrays or "
-        "raise the server's max_body_bytes",
-        errors=[{"path": "(body)", "expected": f"<= {limit} bytes", "got": got}],
-    )
-
-
-async def _read_body(headers: Mapping[str, str], receive: Receive, limit: int) -> bytes | bytearray:
-    """The request body, refused (413) as soon as it is known to exceed `limit`.
-
-    Chunks are appended to one bytearray as they arrive (writable, so arrays decoded from it
-    go to torch without a copy; growing it reallocates in place): memory grows only with what
-    was received, so declaring a huge body and sending nothing costs the server nothing.
-    Measured as fast as copying into a buffer preallocated to the declared size, and faster
-    than joining the chunks at the end.
-    """
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, f"{declared} bytes")
-    buffer: bytearray | None = None
-    while True:  # ASGI messages straight off `receive` (cheaper than Request.stream())
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise WireFormatError("the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        last = not message.get("more_body", False)
-        if buffer is None and last:  # the whole body in one message: no copy
-            if len(chunk) > limit:
-                raise _too_large(limit, "more bytes")
-            return chunk
-        buffer = bytearray() if buffer is None else buffer
-        buffer += chunk
-        if len(buffer) > limit:
-            raise _too_large(limit, "more bytes")
-        if last:
-            return buffer
-
-
-def _content_types(headers: Mapping[str, str]) -> tuple[str, str]:
-    """(request body type, response body type) from Content-Type and Accept."""
-    try:
-        incoming = _wire.content_type_of(headers.get("content-type"))
-        accept = headers.get("accept")
-        outgoing = incoming if accept in (None, "", "*/*") else _wire.content_type_of(accept)
-    except WireFormatError as e:
-        raise _Unsupported(e.message, errors=e.errors) from None
-    return incoming, outgoing
 
 
 def _check_finite(tree: Any, path: str) -> None:
@@ -214,6 +168,14 @@ _HVP_OF = (lambda v: v is None or isinstance(v, str), "one scalar output path or
 _REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
 
 
+def _some(names: Any, most: int = MAX_REPORTED) -> str:
+    """`names` sorted, the first `most` of them shown: a body of 50,000 unknown keys gets an
+    answer of bounded size."""
+    shown = sorted(names)[:most] if len(names) > most else sorted(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{shown}{more}"
+
+
 def _request(name: str, payload: Any) -> dict[str, Any]:
     """The keyword arguments of endpoint `name` from a decoded body, checked."""
     allowed = {"inputs", *ENDPOINTS[name].request}
@@ -224,12 +186,10 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
         )
     unknown, missing = set(payload) - allowed, (allowed & _REQUIRED) - set(payload)
     if unknown or missing:
-        problem = (
-            f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
-        )
+        problem = f"unknown keys {_some(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise ValidationError(
             f"/{name}: {problem}; the body must be an object with keys {sorted(allowed)}",
-            errors=[{"path": "(body)", "expected": sorted(allowed), "got": sorted(payload)}],
+            errors=[{"path": "(body)", "expected": sorted(allowed), "got": _some(payload)}],
         )
     for key in set(payload) - {"inputs"}:
         check, expected = _HVP_OF if (name, key) == ("hvp", "of") else _KEYWORDS[key]
@@ -274,95 +234,14 @@ def _run_endpoint(component: Component, name: str, req: dict[str, Any]) -> dict[
     return {"result": method(inputs, **req)}
 
 
-def _request_model(component: Component, name: str) -> type[BaseModel]:
-    """A model of the request body of endpoint `name` (for the OpenAPI document)."""
-    kinds: dict[str, Any] = {
-        "keep": (bool, False),
-        "tangents": (dict[str, Any], ...),
-        "cotangents": (dict[str, Any], ...),
-        "of": (list[str] | str | None, None),
-        "wrt": (list[str] | str | None, None),
-        "handle": (str | None, None),
-    }
-    fields = {k: kinds[k] for k in ENDPOINTS[name].request}
-    model: type[BaseModel] = create_model(
-        f"{name.title().replace('_', '')}Request", inputs=(component.inputs, ...), **fields
-    )
-    return model
+_INLINE_JSON_BYTES = 2048
 
 
-def _openapi_body(component: Component, name: str, defs: dict[str, Any]) -> dict[str, Any]:
-    model = _request_model(component, name)
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs.update(schema.pop("$defs", {}))  # hoisted into components/schemas by _openapi
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                _wire.JSON: {"schema": schema},
-                _wire.BINARY: {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    }
-
-
-class _Workers:
-    """Threads that run endpoint calls off the event loop, fed by one queue.
-
-    Cheaper per call than `loop.run_in_executor` (~25 vs ~60 µs measured under uvloop): no
-    concurrent.futures.Future to wrap and chain, one `call_soon_threadsafe` back. The threads
-    start on first use and stop when the service is garbage-collected.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._size, self._name = size, name
-        self._started = False
-        # Not at interpreter exit: woken daemon threads meeting a finalizing interpreter abort
-        # the process (seen with torch loaded); blocked ones just end with it.
-        weakref.finalize(self, _stop_workers, self._queue, size).atexit = False
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if not self._started:
-            self._started = True
-            for i in range(self._size):
-                worker = threading.Thread(
-                    target=_work, args=(self._queue,), name=f"{self._name}_{i}", daemon=True
-                )
-                worker.start()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put((loop, future, fn, args))
-        return await future
-
-
-def _work(jobs: queue.SimpleQueue[Any]) -> None:
-    while (job := jobs.get()) is not None:
-        _do(*job)
-        del job  # waiting for the next job must not keep this one's arrays alive
-
-
-def _do(loop: asyncio.AbstractEventLoop, future: Any, fn: Callable[..., Any], args: Any) -> None:
-    try:
-        outcome: tuple[bool, Any] = (True, fn(*args))
-    except BaseException as e:  # handed to the waiting request, which answers it
-        outcome = (False, e)
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        loop.call_soon_threadsafe(_settle, future, *outcome)
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # cancelled: the client went away
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
-def _stop_workers(jobs: queue.SimpleQueue[Any], size: int) -> None:
-    for _ in range(size):
-        jobs.put(None)
+def _cheap(body: bytes | bytearray, incoming: str) -> bool:
+    """Whether decoding `body` costs less than a hop to a worker thread (~25-80 µs): always
+    for a binary body (zero-copy: ~3 µs whatever its size, measured), for JSON up to
+    `_INLINE_JSON_BYTES` (plain numbers parse at ~10-30 µs per KiB, measured)."""
+    return incoming == _wire.BINARY or len(body) <= _INLINE_JSON_BYTES
 
 
 class _Service:
@@ -371,7 +250,8 @@ class _Service:
     def __init__(self, component: Component, settings: ServerSettings) -> None:
         self.component = component
         self.settings = settings
-        self._workers = _Workers(4, "chainrule")
+        self.pool = Pool(settings.max_threads, settings.call_timeout, "chainrule")
+        self.limits = limits_of(settings)
         component.residuals.max_bytes = settings.residual_bytes
         component.residuals.ttl = settings.residual_ttl
 
@@ -386,16 +266,8 @@ class _Service:
                 "(chainrule.connect(url, token=...))"
             )
 
-    async def _run(self, name: str, req: dict[str, Any], check: bool) -> dict[str, Any]:
-        """Run an endpoint in a worker thread, so /health and other requests are answered
-        during a long call."""
-        if not self.settings.threaded:
-            return _call(self.component, name, req, check)
-        result: dict[str, Any] = await self._workers.run(_call, self.component, name, req, check)
-        return result
-
     def route(self, name: str) -> Callable[[Request], Awaitable[Response]]:
-        """Endpoint `name` as a FastAPI route (for the OpenAPI document; `_FastPath` answers
+        """Endpoint `name` as a FastAPI route (for the OpenAPI document; `FastPath` answers
         the requests themselves with `answer`)."""
         answer = self.answer(name)
 
@@ -405,22 +277,30 @@ class _Service:
         endpoint.__name__ = name
         return endpoint
 
-    def answer(self, name: str) -> _Answer:
+    def answer(self, name: str) -> Answer:
         """The handler of endpoint `name`: from the request headers and the ASGI `receive`
         channel of its body, the response."""
+        what = f"/{name} of component '{self.component.name}'"
 
         async def endpoint(headers: Mapping[str, str], receive: Receive) -> Response:
             try:
                 self.authorize(headers)
-                incoming, outgoing = _content_types(headers)
-                body = await _read_body(headers, receive, self.settings.max_body_bytes)
-                req = _request(name, _wire.decode(body, incoming))
-                if not self.settings.allow_nonfinite:
-                    _check_finite(req, "")
+                types = content_types(headers)
+                limit = self.limits.binary if types.incoming == _wire.BINARY else self.limits.json
+                body = await read_body(headers, receive, limit)
                 check = headers.get(_CHECK_HEADER) == "1"  # the client's check_finite
-                result = await self._run(name, req, check)
-                return _PartsResponse(_wire.encode_parts(result, outgoing), outgoing)
-            except _Answered as e:
+                if not self.settings.threaded and _cheap(body, types.incoming):
+                    return self.respond(name, body, types, check)
+                # Decoding, the call and encoding, all in one worker thread: off the loop,
+                # so a large body or answer does not stall other clients, and one thread
+                # hop per call, as when only the call ran there.
+                response: Response = await self.pool.run(self.respond, name, body, types, check)
+                return response
+            except Expired:
+                return self._timed_out(what)
+            except Busy as e:
+                return self._saturated(what, e)
+            except (Answered, TimedOut) as e:
                 return error_response(e, e.status)
             except ChainruleError as e:
                 return error_response(e)
@@ -430,6 +310,45 @@ class _Service:
 
         endpoint.__name__ = name
         return endpoint
+
+    def respond(self, name: str, body: bytes | bytearray, types: Types, check: bool) -> Response:
+        """Decode the body, check it, run endpoint `name`, encode the answer."""
+        decoded = decode_counted(body, types.incoming)
+        req = _request(name, decoded.tree)
+        check_work(name, req, decoded.elements, self.limits)
+        if not self.settings.allow_nonfinite:
+            _check_finite(req, "")
+        result = _call(self.component, name, req, check)
+        lists = types.lists
+        if lists is None:  # answer in the form the request used: plain lists for plain lists
+            lists = types.incoming == _wire.JSON and decoded.arrays == 0
+        parts = _wire.encode_parts(result, types.outgoing, lists=lists)
+        return PartsResponse(parts, types.outgoing)
+
+    def _timed_out(self, what: str) -> Response:
+        timeout = self.settings.call_timeout
+        error = TimedOut(
+            f"{what} did not finish within the server's call_timeout of {timeout} s; it may "
+            "be hung (its worker thread goes on until it returns). Check the component, or "
+            "raise call_timeout (chainrule serve --call-timeout)",
+            errors=[{"path": what, "expected": f"<= {timeout} s", "got": "more"}],
+        )
+        return error_response(error, error.status)
+
+    def _saturated(self, what: str, busy: Busy) -> Response:
+        threads = self.settings.max_threads
+        cause = (
+            f"all {threads} worker threads are running calls past the call_timeout"
+            if busy.waited is None
+            else f"no worker thread became free within {busy.waited} s ({busy.hung} of "
+            f"{threads} are hung past the call_timeout)"
+        )
+        error = Saturated(
+            f"{what} was not run: {cause}. Retry later; restart the server to free hung "
+            "threads, or raise max_threads (chainrule serve --max-threads)",
+            errors=[{"path": what, "expected": "a free worker thread", "got": cause}],
+        )
+        return error_response(error, error.status)
 
     def schema(self) -> dict[str, Any]:
         comp = self.component
@@ -441,79 +360,18 @@ class _Service:
             "endpoints": comp.endpoints,
             "content_types": [_wire.BINARY, _wire.JSON],
             "max_body_bytes": self.settings.max_body_bytes,
+            "max_json_bytes": self.settings.max_json_bytes,
+            "max_elements": self.settings.max_elements,
+            "max_batch": self.settings.max_batch,
+            "call_timeout": self.settings.call_timeout,
         }
-
-
-class _PartsResponse(Response):
-    """A response whose body goes out as pieces (headers, then views of the result arrays),
-    so large arrays reach the socket without being joined into one copy first."""
-
-    _SMALL = 256 * 1024  # below this, one joined send beats a send per piece (measured)
-
-    def __init__(self, parts: list[bytes | memoryview], media_type: str) -> None:
-        self.status_code = 200
-        self.media_type = media_type
-        self.background = None
-        self.parts = parts
-        length = sum(len(p) for p in parts)
-        if length <= self._SMALL:
-            self.parts = [b"".join(parts)]
-        self.body = b""
-        self.raw_headers = [
-            (b"content-type", media_type.encode("latin-1")),
-            (b"content-length", str(length).encode("latin-1")),
-        ]
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        last = len(self.parts) - 1
-        for i, part in enumerate(self.parts):
-            await send({"type": "http.response.body", "body": part, "more_body": i < last})
-
-
-class _FastPath:
-    """ASGI middleware answering the endpoint routes directly.
-
-    FastAPI's routing, dependency solving and middleware cost ~0.2 ms per request, a large share
-    of a small call; the endpoint routes stay registered (for /openapi.json and /docs) but
-    requests to them are answered here, with the same handler.
-    """
-
-    def __init__(self, app: Any, routes: dict[str, _Answer]):
-        self.app = app
-        self.routes = routes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        handler = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        # ASGI servers lower-case header names. Reversed, so the first of a repeated header
-        # wins, as with Starlette's `Request.headers`; a plain dict costs a tenth of those.
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
-        response = await handler(headers, receive)
-        await response(scope, receive, send)
-
-
-def _install_openapi(app: FastAPI, defs: dict[str, Any]) -> None:
-    """Make the request models' shared definitions part of the OpenAPI document."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = original()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(defs)
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def asgi_app(component: Component, settings: ServerSettings | None = None) -> Any:
     """The ASGI application `chainrule serve` runs: `create_app`'s FastAPI app, with the
     endpoint routes answered before any of FastAPI's middleware (~0.1 ms less per call)."""
     app = create_app(component, settings)
-    return _FastPath(app, app.state.chainrule_routes)
+    return FastPath(app, app.state.chainrule_routes)
 
 
 def create_app(component: Component, settings: ServerSettings | None = None) -> FastAPI:
@@ -526,9 +384,8 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
     """
     settings = settings or ServerSettings()
     service = _Service(component, settings)
-    app = FastAPI(
-        title=f"chainrule component '{component.name}'",
-        description=(component.__doc__ or "").strip(),
+    app = app_with_docs(
+        f"chainrule component '{component.name}'", (component.__doc__ or "").strip()
     )
     defs: dict[str, Any] = {}
     for name in component.endpoints:
@@ -536,13 +393,13 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
             f"/{name}",
             service.route(name),
             methods=["POST"],
-            openapi_extra=_openapi_body(component, name, defs),
+            openapi_extra=openapi_body(component, name, defs),
             summary=name,
             response_class=Response,
         )
-    _install_openapi(app, defs)
+    install_openapi(app, defs)
     routes = {f"/{n}": service.answer(n) for n in component.endpoints}
-    app.add_middleware(_FastPath, routes=routes)
+    app.add_middleware(FastPath, routes=routes)
     app.state.chainrule_routes = routes
 
     if settings.token is not None:  # /openapi.json, /docs and /redoc describe it too
@@ -565,6 +422,8 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
             "name": component.name,
             "residuals": len(cache),
             "residual_bytes": cache.nbytes,
+            "threads": service.pool.threads,  # worker threads started (hung ones included)
+            "hung": service.pool.hung(),  # running past the call_timeout
         }
 
     @app.get("/schema")

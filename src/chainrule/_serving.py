@@ -49,6 +49,7 @@ class Server:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=settings.shutdown_timeout,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+import secrets
 import struct
 from typing import Any
 
@@ -43,6 +45,7 @@ from chainrule._wire_format import (
     ArrayHook,
     _align,
     _check_depth,
+    _check_text,
     _child,
     _describe,
     _fail,
@@ -70,20 +73,7 @@ __all__ = [
 # Encoding
 
 
-def _check_text(text: str, path: str, what: str) -> None:
-    """Refuse strings UTF-8 cannot carry (lone surrogates), naming where they are."""
-    if text.isascii():  # the usual case, answered without encoding
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(
-            path,
-            f"{what} is not valid Unicode",
-            "a string encodable as UTF-8",
-            f"{_describe(text)} (contains a lone surrogate)",
-            "Remove or replace the surrogate code point before encoding.",
-        )
+_ENCODE_FIX = "Remove or replace the surrogate code point before encoding."
 
 
 def _escape_key(key: Any, path: str) -> str:
@@ -99,7 +89,7 @@ def _escape_key(key: Any, path: str) -> str:
             f"{type(key).__name__} key {_describe(key)}",
             "Convert the key with `str(key)` before encoding.",
         )
-    _check_text(key, path, "dict key")
+    _check_text(key, path, "dict key", _ENCODE_FIX)
     return "$" + key if key.startswith("$") else key
 
 
@@ -164,7 +154,7 @@ def _lower(value: Any, path: str, depth: int, on_array: ArrayHook) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        _check_text(value, path, "string")
+        _check_text(value, path, "string", _ENCODE_FIX)
         return value
     if isinstance(value, int):
         return int(value)  # drops IntEnum and other subclasses to a plain JSON number
@@ -299,29 +289,98 @@ def _binary_header(tree: Any) -> tuple[bytes, tuple[int, ...], list[np.ndarray]]
     return prefix + bytes(_align(len(prefix)) - len(prefix)), tuple(offsets), arrays
 
 
-def encode_parts(tree: Any, content_type: str = BINARY) -> list[bytes | memoryview]:
+def encode_parts(
+    tree: Any, content_type: str = BINARY, *, lists: bool = False
+) -> list[bytes | memoryview]:
     """Like `encode`, but as pieces to send one after another without joining them.
 
     Binary bodies are returned as header bytes plus views of the arrays' own memory, so a
     large body is never copied in user space before it reaches the socket. The views are
-    valid while the arrays are alive and unmodified.
+    valid while the arrays are alive and unmodified. A JSON body's large arrays are written
+    in pieces (see `_json_parts`); `lists` is `encode`'s.
     """
     if _normalize(content_type) == BINARY:
         return _binary_parts(tree)
-    return [_encode_json(tree)]
+    return _json_parts(tree, lists)
 
 
-def _encode_json(tree: Any) -> bytes:
-    """Encode `tree` as `application/json` with base64 `$array` objects."""
-
-    def add(array: np.ndarray, path: str) -> dict[str, Any]:
-        data = base64.b64encode(_raw(array)).decode("ascii")
-        return {_MARKER: {"dtype": _NAMES[array.dtype], "shape": list(array.shape), "data": data}}
-
-    return _dump(_lower(tree, "", 0, add))
+_CHUNK = 8192
+"""Array elements per piece of a large array in a JSON body."""
+_B64_CHUNK = 3 * 2**18  # array bytes per base64 piece (1 MiB of text; a multiple of 3)
 
 
-def encode(tree: Any, content_type: str = BINARY) -> bytes:
+def _listable(array: np.ndarray) -> bool:
+    """Whether nested JSON lists carry `array` exactly: not complex, and finite (JSON has no
+    NaN or Infinity). Other arrays stay `$array` objects in a lists answer."""
+    kind = array.dtype.kind
+    return kind in "biu" or (kind == "f" and bool(np.isfinite(array).all()))
+
+
+def _json_parts(tree: Any, lists: bool) -> list[bytes | memoryview]:
+    """Encode `tree` as `application/json`: arrays as base64 `$array` objects, or as nested
+    lists where `lists` and `_listable`.
+
+    Arrays over `_CHUNK` elements are encoded apart, in pieces, and spliced into the
+    document's text at a placeholder: json's C encoder holds the GIL for a whole list (2.8 s
+    for 10**6 floats on a busy machine), while between pieces the interpreter can switch
+    threads, so a server encoding a large answer in a worker keeps answering the others.
+    """
+    large: list[list[bytes]] = []
+    token = ""
+
+    def add(array: np.ndarray, path: str) -> Any:
+        nonlocal token
+        as_list = lists and _listable(array)
+        if array.size <= _CHUNK:
+            return array.tolist() if as_list else _base64_object(array)
+        large.append(_list_pieces(array) if as_list else _base64_pieces(array))
+        token = token or secrets.token_hex(8)  # unguessable: no user string can pose as one
+        return f"{token}:{len(large) - 1}"
+
+    document = _ENCODER.encode(_lower(tree, "", 0, add))
+    if not large:
+        return [document.encode("utf-8")]
+    parts: list[bytes | memoryview] = []
+    for i, piece in enumerate(re.split(f'"{token}:([0-9]+)"', document)):
+        parts.extend(large[int(piece)] if i % 2 else [piece.encode("utf-8")])
+    return parts
+
+
+def _base64_object(array: np.ndarray) -> dict[str, Any]:
+    data = base64.b64encode(_raw(array)).decode("ascii")
+    return {_MARKER: {"dtype": _NAMES[array.dtype], "shape": list(array.shape), "data": data}}
+
+
+def _base64_pieces(array: np.ndarray) -> list[bytes]:
+    """A large array's `$array` object as pieces: its head, base64 chunks, its tail."""
+    head = _ENCODER.encode({"dtype": _NAMES[array.dtype], "shape": list(array.shape)})
+    raw = _raw(array)
+    chunks = [base64.b64encode(raw[i : i + _B64_CHUNK]) for i in range(0, len(raw), _B64_CHUNK)]
+    return [f'{{"{_MARKER}":{head[:-1]},"data":"'.encode(), *chunks, b'"}}']
+
+
+def _list_pieces(array: np.ndarray) -> list[bytes]:
+    """A large array as nested JSON lists, in pieces of about `_CHUNK` elements."""
+    if array.ndim == 0 or array.size <= _CHUNK:
+        return [_ENCODER.encode(array.tolist()).encode()]
+    rows = max(_CHUNK // (array[0].size or 1), 1)  # rows per piece
+    pieces = [b"["]
+    for start in range(0, len(array), rows):
+        pieces.append(b"," if start else b"")
+        if rows == 1:  # one row is itself large: split it
+            pieces.extend(_list_pieces(array[start]))
+        else:  # whole rows: "[..],[..]" is the block's list without its brackets
+            pieces.append(_ENCODER.encode(array[start : start + rows].tolist())[1:-1].encode())
+    pieces.append(b"]")
+    return pieces
+
+
+def _encode_json(tree: Any, lists: bool = False) -> bytes:
+    """Encode `tree` as `application/json` (see `_json_parts`)."""
+    return b"".join(_json_parts(tree, lists))
+
+
+def encode(tree: Any, content_type: str = BINARY, *, lists: bool = False) -> bytes:
     """Encode a tree as a request or response body.
 
     Arguments:
@@ -329,6 +388,9 @@ def encode(tree: Any, content_type: str = BINARY) -> bytes:
             finite `float`, `bool`, `None`, numpy arrays and numpy scalars (sent as 0-d
             arrays) of a dtype in `DTYPES`.
         content_type: `BINARY`, `JSON`, or a raw `Content-Type`/`Accept` header value.
+        lists: JSON only: arrays as nested lists of numbers (what a person reads), except
+            complex arrays and arrays holding NaN or inf, which JSON numbers cannot carry:
+            those stay base64 `$array` objects.
 
     Returns:
         The body bytes.
@@ -339,4 +401,4 @@ def encode(tree: Any, content_type: str = BINARY) -> bytes:
     """
     if _normalize(content_type) == BINARY:
         return _encode_binary(tree)
-    return _encode_json(tree)
+    return _encode_json(tree, lists)

@@ -14,7 +14,8 @@ import binascii
 import json
 import math
 import struct
-from typing import Any, NoReturn
+from collections import Counter
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from chainrule._wire_format import (
     MarkerHook,
     _align,
     _check_depth,
+    _check_text,
     _child,
     _describe,
     _fail,
@@ -44,7 +46,7 @@ from chainrule._wire_format import (
     _remember,
 )
 
-__all__ = ["decode"]
+__all__ = ["Decoded", "declared_elements", "decode", "decode_counted"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,8 +58,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_DECODE_FIX = (
+    "Send well-formed Unicode: a character beyond U+FFFF is a surrogate pair (\\ud83d\\ude00),"
+    " never half of one."
+)
+
+
 def _unescape_key(key: str, path: str) -> str:
     """Undo `_escape_key`: `$$x` -> `$x`; any other `$`-key is reserved and refused."""
+    _check_text(key, path, "dict key", _DECODE_FIX)
     if not key.startswith("$"):
         return key
     if key.startswith("$$"):
@@ -85,9 +94,9 @@ def _parse_constant(token: str) -> NoReturn:
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """`json.loads` object hook that refuses duplicate keys instead of keeping the last."""
     result = dict(pairs)
-    if len(result) != len(pairs):
-        keys = [key for key, _ in pairs]
-        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if len(result) != len(pairs):  # found in one pass: a flood of keys costs linear time
+        counts = Counter(key for key, _ in pairs)
+        duplicates = sorted(key for key, count in counts.items() if count > 1)
         _fail(
             "body",
             "duplicate key in a JSON object",
@@ -98,8 +107,25 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _float(text: str) -> float:
+    return float(text)
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
 # Built once (`json.loads` with options builds a decoder per call).
 _DECODER = json.JSONDecoder(parse_constant=_parse_constant, object_pairs_hook=_pairs)
+# For large bodies: json's C parser holds the GIL for a whole list of numbers (1.7 s for a
+# 20 MB body, measured), so a server decoding it in a worker thread still froze /health.
+# A Python hook per number lets the interpreter switch threads (stalls of <0.1 s measured),
+# at ~1.5x the parse time; small bodies keep the plain parser (their stall is under 1 ms).
+_YIELDING_DECODER = json.JSONDecoder(
+    parse_constant=_parse_constant, object_pairs_hook=_pairs, parse_float=_float, parse_int=_int
+)
+YIELDING_BYTES = 64 * 1024
+"""JSON texts longer than this are parsed with the decoder that lets other threads run."""
 
 
 def _load_json(data: memoryview, where: str) -> Any:
@@ -115,7 +141,9 @@ def _load_json(data: memoryview, where: str) -> Any:
             "Encode the JSON text as UTF-8.",
         )
     try:
-        return _DECODER.decode(text)
+        return (_DECODER if len(text) <= YIELDING_BYTES else _YIELDING_DECODER).decode(text)
+    except WireFormatError:  # from a hook (a duplicate key): already says what and where
+        raise
     except RecursionError:
         _fail(
             where,
@@ -228,7 +256,9 @@ def _raise(node: Any, path: str, depth: int, on_marker: MarkerHook) -> Any:
     if isinstance(node, list):
         _check_depth(depth + 1, path)
         return [_raise(item, _child(path, i), depth + 1, on_marker) for i, item in enumerate(node)]
-    if isinstance(node, float) and not math.isfinite(node):  # e.g. 1e400 overflows to inf
+    if isinstance(node, str):
+        _check_text(node, path, "string", _DECODE_FIX)
+    elif isinstance(node, float) and not math.isfinite(node):  # e.g. 1e400 overflows to inf
         _fail(
             path,
             "number out of float64 range",
@@ -424,30 +454,40 @@ def _fill(node: Any, body: memoryview, start: int) -> Any:
 # header, which then costs a dict lookup instead of a JSON parse, a check of every field and
 # a walk resolving markers. (The header's fit in each body is still checked per body.)
 # Small headers only, bounded.
-_HEADERS: dict[bytes, tuple[Any, list[Descriptor], int]] = {}
+_HEADERS: dict[bytes, tuple[Any, list[Descriptor], int, int]] = {}
 _HEADER_CACHE_ENTRIES = 256
 _HEADER_CACHE_BYTES = 4096
 
 
-def _cached_header(data: bytes) -> tuple[Any, list[Descriptor], int]:
-    """(tree template, checked descriptors, end of the furthest array) of a header."""
+def declared_elements(shape: tuple[int, ...]) -> int:
+    """The elements an array's shape asks for, a 0-length dimension counted as 1: what bounds
+    the work a request can ask for, since a shape of (2**40, 0) costs no body bytes but a
+    loop over 2**40 empty rows."""
+    return math.prod(max(d, 1) for d in shape)
+
+
+def _cached_header(data: bytes) -> tuple[Any, list[Descriptor], int, int]:
+    """(tree template, checked descriptors, end of the furthest array, declared elements of
+    all arrays) of a header."""
     found = _HEADERS.get(data)
     if found is None:
         tree, checked = _read_header(data)
         end = max((offset + nbytes for _, _, offset, nbytes in checked), default=0)
-        found = _template(tree, checked), checked, end
+        declared = sum(declared_elements(shape) for _, shape, _, _ in checked)
+        found = _template(tree, checked), checked, end, declared
         if len(data) <= _HEADER_CACHE_BYTES:
             _remember(_HEADERS, data, found, _HEADER_CACHE_ENTRIES)
     return found
 
 
-def _decode_binary(body: memoryview) -> Any:
+def _decode_binary(body: memoryview) -> Decoded:
     """Decode an `application/x-chainrule` body; arrays are read-only views of `body`."""
     header_length, data_start = _read_prefix(body)
-    template, checked, end = _cached_header(bytes(body[_PREFIX : _PREFIX + header_length]))
+    found = _cached_header(bytes(body[_PREFIX : _PREFIX + header_length]))
+    template, checked, end, declared = found
     if end != len(body) - data_start:
         _check_fits(checked, len(body) - data_start)  # raises, saying which array or bytes
-    return _fill(template, body, data_start)
+    return Decoded(_fill(template, body, data_start), declared, len(checked))
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,9 +532,17 @@ def _json_array(spec: Any, path: str) -> np.ndarray:
     return _view(raw, dtype, shape, 0)
 
 
-def _decode_json(body: memoryview) -> Any:
+def _decode_json(body: memoryview) -> Decoded:
     """Decode an `application/json` body."""
-    return _raise(_load_json(body, "body"), "", 0, _json_array)
+    declared: list[int] = []
+
+    def array(spec: Any, path: str) -> np.ndarray:
+        built = _json_array(spec, path)
+        declared.append(declared_elements(built.shape))
+        return built
+
+    tree = _raise(_load_json(body, "body"), "", 0, array)
+    return Decoded(tree, sum(declared), len(declared))
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,6 +587,38 @@ def _byte_view(body: Any, max_bytes: int | None) -> memoryview:
     return memoryview(view.tobytes())
 
 
+class Decoded(NamedTuple):
+    """A decoded body and what a server needs to know of it to bound the work it asks for."""
+
+    tree: Any
+    elements: int
+    """Declared elements of the arrays the body carries as arrays (binary, or `$array`
+    objects), each counted by `declared_elements`; plain JSON lists are not counted (every
+    number in them costs body bytes)."""
+    arrays: int
+    """How many arrays the body carries as arrays: 0 for a JSON body of plain lists."""
+
+
+def decode_counted(body: bytes | bytearray | memoryview, content_type: str) -> Decoded:
+    """`decode`, with the declared size of the body's arrays (see `Decoded`)."""
+    kind = _normalize(content_type)
+    view = _byte_view(body, None)
+    try:
+        return _decode_binary(view) if kind == BINARY else _decode_json(view)
+    except WireFormatError:
+        raise
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, RecursionError) as exc:
+        # Defence in depth: every field is validated above, but an untrusted body must
+        # never surface as anything but a WireFormatError.
+        _fail(
+            "body",
+            "malformed body",
+            f"a valid `{kind}` body",
+            f"{type(exc).__name__}: {_describe(str(exc))}",
+            "Follow docs/wire-format.md.",
+        )
+
+
 def decode(
     body: bytes | bytearray | memoryview, content_type: str, *, max_bytes: int | None = None
 ) -> Any:
@@ -560,19 +640,6 @@ def decode(
         WireFormatError: for every malformed, truncated, unsupported or oversized body;
             never another exception type.
     """
-    kind = _normalize(content_type)
-    view = _byte_view(body, max_bytes)
-    try:
-        return _decode_binary(view) if kind == BINARY else _decode_json(view)
-    except WireFormatError:
-        raise
-    except (ValueError, TypeError, OverflowError, IndexError, KeyError, RecursionError) as exc:
-        # Defence in depth: every field is validated above, but an untrusted body must
-        # never surface as anything but a WireFormatError.
-        _fail(
-            "body",
-            "malformed body",
-            f"a valid `{kind}` body",
-            f"{type(exc).__name__}: {_describe(str(exc))}",
-            "Follow docs/wire-format.md.",
-        )
+    if max_bytes is not None:
+        _byte_view(body, max_bytes)  # refuses an oversized body before any work
+    return decode_counted(body, content_type).tree

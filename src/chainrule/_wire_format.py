@@ -197,6 +197,24 @@ def _check_depth(depth: int, path: str) -> None:
         )
 
 
+def _check_text(text: str, path: str, what: str, fix: str) -> None:
+    """Refuse strings UTF-8 cannot carry (lone surrogates, which a JSON `\\ud800` escape
+    decodes to), naming where they are: nothing downstream could encode them, not even an
+    error message."""
+    if text.isascii():  # the usual case, answered without encoding
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail(
+            path,
+            f"{what} is not valid Unicode",
+            "a string encodable as UTF-8",
+            f"{_describe(text)} (contains a lone surrogate)",
+            fix,
+        )
+
+
 def _remember(cache: dict[Any, Any], key: Any, value: Any, entries: int) -> None:
     """Store `value` under `key`, dropping the oldest entries beyond `entries`.
 
