@@ -210,7 +210,11 @@ _KEYWORDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "wrt": (_is_paths, "a path, a list of paths or null"),
     "handle": (lambda v: v is None or isinstance(v, str), "a handle string or null"),
 }
-_HVP_OF = (lambda v: v is None or isinstance(v, str), "one scalar output path or null")
+# hvp weighs outputs by `cotangents` or names one scalar output `of` (then no cotangents).
+_HVP: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "of": (lambda v: v is None or isinstance(v, str), "one scalar output path or null"),
+    "cotangents": (lambda v: v is None or isinstance(v, dict), "an object {output path: array}"),
+}
 _REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
 
 
@@ -222,7 +226,8 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
             f"/{name} expects an object with keys {sorted(allowed)}, got {type(payload).__name__}",
             errors=[{"path": "(body)", "expected": "an object", "got": type(payload).__name__}],
         )
-    unknown, missing = set(payload) - allowed, (allowed & _REQUIRED) - set(payload)
+    required = _REQUIRED - {"cotangents"} if name == "hvp" else _REQUIRED
+    unknown, missing = set(payload) - allowed, (allowed & required) - set(payload)
     if unknown or missing:
         problem = (
             f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
@@ -232,7 +237,7 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
             errors=[{"path": "(body)", "expected": sorted(allowed), "got": sorted(payload)}],
         )
     for key in set(payload) - {"inputs"}:
-        check, expected = _HVP_OF if (name, key) == ("hvp", "of") else _KEYWORDS[key]
+        check, expected = _HVP[key] if name == "hvp" and key in _HVP else _KEYWORDS[key]
         if not check(payload[key]):
             got = type(payload[key]).__name__
             raise ValidationError(
@@ -284,6 +289,8 @@ def _request_model(component: Component, name: str) -> type[BaseModel]:
         "wrt": (list[str] | str | None, None),
         "handle": (str | None, None),
     }
+    if name == "hvp":  # output weights, or `of` one scalar output
+        kinds["cotangents"] = (dict[str, Any] | None, None)
     fields = {k: kinds[k] for k in ENDPOINTS[name].request}
     model: type[BaseModel] = create_model(
         f"{name.title().replace('_', '')}Request", inputs=(component.inputs, ...), **fields
