@@ -206,7 +206,7 @@ class TorchBackend(Backend):
     by one batched pass, hvp by reverse over reverse."""
 
     name = "torch"
-    provenance = "native (torch.func)"
+    provenance = "native (torch autograd)"
     cost = 1.0
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
     eval_shape_provenance = "native (torch meta tensors)"
