@@ -698,3 +698,15 @@ def test_declared_shapes_need_no_eager_call_nor_eval_shape() -> None:
         assert crj.call(remote_counted, {"x": x})["count"] == 7  # eager: known
         remote.close()
         remote_counted.close()
+
+
+def test_nested_vmaps_over_cotangents_are_one_batched_call() -> None:
+    comp = build(CASES[0], "torch")
+    cts = jnp.arange(18.0).reshape(2, 3, 3) / 10
+    _, pull = jax.vjp(lambda x: through(comp)(x)["y"], X)
+    _, twin = jax.vjp(lambda x: reference(x)["y"], X)
+    comp.calls.clear()
+    got = jax.vmap(jax.vmap(lambda c: pull(c)[0]), in_axes=1)(cts)
+    want = jax.vmap(jax.vmap(lambda c: twin(c)[0]), in_axes=1)(cts)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert comp.calls == {"batched_vjp": 1}  # 6 rows, one request

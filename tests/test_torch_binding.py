@@ -542,3 +542,15 @@ def test_zero_size_jacobians_match_pure_torch(backend: str) -> None:
             assert got.shape == want.shape and got.dtype == want.dtype
     got = torch.func.vmap(cases[0][0])(torch.zeros(0, 3, dtype=torch.float64))
     assert got.shape == (0, 3)
+
+
+def test_nested_vmaps_over_cotangents_are_one_batched_call() -> None:
+    comp = make(VECTOR, "jax")
+    _, pull = torch.func.vjp(_vector(comp, "y"), X)
+    _, twin = torch.func.vjp(lambda x: _twin(x)["y"], X)
+    cts = torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4) / 10
+    comp.calls.clear()
+    got = torch.func.vmap(torch.func.vmap(lambda c: pull(c)[0]), in_dims=1)(cts)
+    want = torch.func.vmap(torch.func.vmap(lambda c: twin(c)[0]), in_dims=1)(cts)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert comp.calls == {"batched_vjp": 1}  # 6 rows, one request
