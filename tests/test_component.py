@@ -152,6 +152,15 @@ def test_hvp_matches_analytic() -> None:
         np.testing.assert_allclose(hv["x"], 6 * x * np.array([1.0, -2.0]), rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
+def test_jacobian_of_zero_size_input(backend: str) -> None:
+    jac = build(CASES[0], backend).jacobian({"x": np.zeros(0)})
+    assert {o: {w: b.shape for w, b in row.items()} for o, row in jac.items()} == {
+        "y": {"x": (0, 0)},
+        "s": {"x": (0,)},
+    }
+
+
 def test_hvp_of_weighted_vector_outputs() -> None:
     """H·t of Σ⟨w_o, y_o⟩: y = 1.5·sin(x) + x² (elementwise), s = Σx³."""
     x, t = np.array([0.3, 1.1, -0.4]), np.array([1.0, -2.0, 0.5])

@@ -191,6 +191,11 @@ def _weighted(values: dict[str, torch.Tensor | None], weights: Tree) -> torch.Te
     return torch.stack(terms).sum() if terms else None
 
 
+def _zero_blocks(out: torch.Tensor, p: Point, wrt: tuple[str, ...]) -> Tree:
+    dtype = _NP_DTYPES[out.dtype]
+    return {w: np.zeros((*out.shape, *np.shape(p.values[w])), dtype) for w in wrt}
+
+
 class _GraphPoint:
     """What the Jacobian derivations of `_endpoints` need of a point, from a recorded graph."""
 
@@ -301,6 +306,8 @@ class TorchBackend(Backend):
         graph = self._graph(p, res, wrt)
         n_in = sum(int(np.size(p.values[w])) for w in wrt)
         n_out = sum(graph.outputs[o].numel() for o in of)
+        if not n_in or not n_out:  # an empty Jacobian: no batch of zero rows to run
+            return {o: _zero_blocks(graph.outputs[o], p, wrt) for o in of}
         at = _GraphPoint(p.values, graph)
         if n_in < n_out:  # by columns: one batched jvp over the inputs' basis
             cols = _jacobian_from_batched_jvp(
