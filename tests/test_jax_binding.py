@@ -265,6 +265,16 @@ def test_pipeline_is_a_component(served: cr.Component) -> None:
     assert any(c.detail.startswith("n/a") for c in report.checks if c.endpoint == "hvp")
     with pytest.raises(cr.EndpointUnavailableError, match="'vector_numpy' need its hvp"):
         pipeline.hvp({"x": X}, {"x": T}, of="total")
+
+    # Without it, the pipeline's hvp goes through the parts' vector outputs 'y'.
+    @cr.component(inputs=In, outputs=Out, backend="jax")
+    def curved(inputs: In) -> Out:
+        total = sum(loss(crj.call(p, {"x": inputs.x, "scale": SCALE})) for p in parts[::2])
+        return Out(total=total)
+
+    hv = curved.hvp({"x": X}, {"x": T}, of="total")["x"]
+    want_hv = jax.jvp(jax.grad(lambda x: 2 * loss(reference(x))), (X,), (T,))[1]
+    np.testing.assert_allclose(hv, want_hv, rtol=1e-10)
     want = 3 * jax.grad(lambda x: loss(reference(x)))(X)
     np.testing.assert_allclose(pipeline.vjp({"x": X}, {"total": 1.0})["x"], want, rtol=1e-6)
     with cr.serve(pipeline) as server:  # servable, and nestable through the client

@@ -115,6 +115,8 @@ def _second_order(
     when the outputs have fewer elements M in all, M hvps (one per output element) contracted
     with the weights: a Hessian by jacfwd(jacrev) of a scalar output costs one hvp per column.
     """
+    if not _check_tangents(spec, dx, what):  # the point does not move: no curvature term
+        return None
     loops, loop_sizes = _loops(levels, sizes)
     if len(loops) == len(levels):
         hv = _hvp(spec, primals, weights, dx, wrt, what, loops, loop_sizes)
@@ -149,6 +151,8 @@ def _jvp_curvature(
 ) -> list[Any] | None:
     """The curvature term of the derivative of a jvp along dx: tᵀ·H_k·dx for each element k
     of the outputs `of`, by one hvp per output element (H_k·dx, then contracted with t)."""
+    if not _check_tangents(spec, dx, "derivative of a jvp"):  # the point does not move
+        return None
     loops, loop_sizes = _loops(levels, sizes)
     basis = _basis(spec, of, loop_sizes)
     hv = _hvp_rows(spec, primals, basis, dx, wrt, "derivative of a jvp", loops, loop_sizes)
