@@ -98,6 +98,7 @@ def _calls(comp: cr.Component, x: dict[str, Any], rng: np.random.Generator) -> d
         "batched_jvp": ((x, _random_like(t, rng, 3)), {}),
         "batched_vjp": ((x, _random_like(ct, rng, 2)), {}),
         "hvp": ((x, t), {}),
+        "hvp_weighted": ((x, t), {"cotangents": ct}),
         "jvp_of": ((x, t), {"of": next(iter(outs))}),
         "vjp_wrt": ((x, ct), {"wrt": [next(iter(p.diff))]}),
     }
@@ -129,7 +130,7 @@ def test_every_endpoint_agrees_with_in_process(
         }
     assert set(remote.endpoints) == set(local.endpoints)
     for name, (args, kwargs) in _calls(local, x, np.random.default_rng(0)).items():
-        endpoint = name.removesuffix("_of").removesuffix("_wrt")
+        endpoint = name.removesuffix("_of").removesuffix("_wrt").removesuffix("_weighted")
         try:
             want = getattr(local, endpoint)(*args, **kwargs)
         except cr.ChainruleError as e:  # hvp of numpy, or of a component without a scalar

@@ -152,6 +152,52 @@ def test_hvp_matches_analytic() -> None:
         np.testing.assert_allclose(hv["x"], 6 * x * np.array([1.0, -2.0]), rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
+def test_jacobian_of_zero_size_input(backend: str) -> None:
+    jac = build(CASES[0], backend).jacobian({"x": np.zeros(0)})
+    assert {o: {w: b.shape for w, b in row.items()} for o, row in jac.items()} == {
+        "y": {"x": (0, 0)},
+        "s": {"x": (0,)},
+    }
+
+
+def test_hvp_of_weighted_vector_outputs() -> None:
+    """H·t of Σ⟨w_o, y_o⟩: y = 1.5·sin(x) + x² (elementwise), s = Σx³."""
+    x, t = np.array([0.3, 1.1, -0.4]), np.array([1.0, -2.0, 0.5])
+    w, c = np.array([0.7, -1.3, 2.0]), 0.25
+    want = w * (2 - 1.5 * np.sin(x)) * t + c * 6 * x * t
+    for backend in ("jax", "torch"):
+        comp = build(CASES[0], backend)
+        point = {"x": x, "scale": 1.5}
+        hv = comp.hvp(point, {"x": t}, cotangents={"y": w, "s": c})
+        np.testing.assert_allclose(hv["x"], want, rtol=1e-12)
+        # weights on a scalar output alone are the `of` shorthand, scaled
+        np.testing.assert_allclose(
+            comp.hvp(point, {"x": t}, cotangents={"s": 2.0})["x"],
+            2 * comp.hvp(point, {"x": t}, of="s")["x"],
+            rtol=1e-12,
+        )
+        with pytest.raises(cr.ValidationError, match="not both"):
+            comp.hvp(point, {"x": t}, cotangents={"s": 1.0}, of="s")
+
+
+def test_written_hvp_of_one_scalar_output() -> None:
+    """An author's hvp taking `of` (the older form) serves weights on scalar outputs."""
+    comp = build(CASES[0], "numpy")
+
+    @comp.def_hvp
+    def hvp(inputs: Any, tangents: Any, of: str, wrt: Any) -> Any:
+        assert of == "s"
+        return {"x": 6 * inputs.x * tangents["x"]}
+
+    x, t = np.array([0.3, 1.1]), np.array([1.0, -2.0])
+    hv = comp.hvp({"x": x}, {"x": t}, cotangents={"s": 0.5})
+    np.testing.assert_allclose(hv["x"], 3 * x * t)
+    np.testing.assert_allclose(comp.hvp({"x": x}, {"x": t})["x"], 6 * x * t)
+    with pytest.raises(cr.EndpointUnavailableError, match="give it a `cotangents` parameter"):
+        comp.hvp({"x": x}, {"x": t}, cotangents={"y": np.ones(2)})
+
+
 def test_hvp_unavailable_for_finite_differences() -> None:
     comp = build(CASES[0], "numpy")
     with pytest.raises(cr.EndpointUnavailableError, match="def_hvp"):

@@ -261,11 +261,20 @@ def test_pipeline_is_a_component(served: cr.Component) -> None:
         return Out(total=total)
 
     report = cr.check_gradients(pipeline, {"x": np.asarray(X)}, n_random=1, rtol=1e-5)
-    assert report.ok, str(report)  # hvp is reported n/a (second order needs scalar parts)
+    assert report.ok, str(report)  # hvp is reported n/a: the finite-difference part has none
     assert any(c.detail.startswith("n/a") for c in report.checks if c.endpoint == "hvp")
-    # second order would need the curvature of the vector output 'y' of each part
-    with pytest.raises(cr.EndpointUnavailableError, match="scalar outputs; 'y'"):
+    with pytest.raises(cr.EndpointUnavailableError, match="'vector_numpy' need its hvp"):
         pipeline.hvp({"x": X}, {"x": T}, of="total")
+
+    # Without it, the pipeline's hvp goes through the parts' vector outputs 'y'.
+    @cr.component(inputs=In, outputs=Out, backend="jax")
+    def curved(inputs: In) -> Out:
+        total = sum(loss(crj.call(p, {"x": inputs.x, "scale": SCALE})) for p in parts[::2])
+        return Out(total=total)
+
+    hv = curved.hvp({"x": X}, {"x": T}, of="total")["x"]
+    want_hv = jax.jvp(jax.grad(lambda x: 2 * loss(reference(x))), (X,), (T,))[1]
+    np.testing.assert_allclose(hv, want_hv, rtol=1e-10)
     want = 3 * jax.grad(lambda x: loss(reference(x)))(X)
     np.testing.assert_allclose(pipeline.vjp({"x": X}, {"total": 1.0})["x"], want, rtol=1e-6)
     with cr.serve(pipeline) as server:  # servable, and nestable through the client
@@ -425,3 +434,289 @@ def test_kept_linearizations_do_not_keep_their_inputs_alive(name: str) -> None:
     comp.residuals.clear()
     gc.collect()
     assert alive() is None
+
+
+# ---- every order of composition with vmap, for every backend and transport -----------------
+#
+# Each kind computes the `vector` case, in-process ("local") or served over HTTP ("http"):
+# torch, numpy (finite differences), numpy with an author's Jacobian ("written") or vjp
+# ("numpy-vjp"), and JAX with an author's vjp ("jax-vjp", called through the primitive).
+
+XS = jnp.stack([X, 2 * X])
+TS = jnp.stack([T, -T])
+COMPOSED = ["torch", "numpy", "written", "numpy-vjp", "jax-vjp"]
+
+
+def make(kind: str) -> cr.Component:
+    """`build(CASES[0], kind)`, or a component with a written vjp (or vjp and hvp, "-hvp")."""
+    if not kind.endswith(("-vjp", "-hvp")):
+        return build(CASES[0], kind)
+    backend = kind.split("-")[0]
+    xp = jnp if backend == "jax" else np
+    comp = cr.component(
+        CASES[0].make(xp),
+        inputs=CASES[0].inputs,
+        outputs=CASES[0].outputs,
+        backend=backend,
+        name=f"vector_{kind}",
+    )
+    twin = build(CASES[0], "jax")  # stands in for the author's hand-written derivatives
+    comp.def_vjp(lambda inputs, cotangents, wrt: twin.vjp(inputs, cotangents, wrt=wrt))
+    if kind.endswith("-hvp"):
+
+        @comp.def_hvp
+        def hvp(inputs: Any, tangents: Any, cotangents: Any, wrt: Any) -> Any:
+            return twin.hvp(inputs, tangents, cotangents=cotangents, wrt=wrt)
+
+    return comp
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[dict[str, tuple[cr.Component, cr.Component]]]:
+    """`{kind: (component doing the work, component to call)}`, each served once on demand."""
+    import contextlib
+
+    made: dict[str, tuple[cr.Component, cr.Component]] = {}
+    with contextlib.ExitStack() as stack:
+
+        class Pool(dict):  # type: ignore[type-arg]
+            def __missing__(self, key: str) -> tuple[cr.Component, cr.Component]:
+                kind, transport = key.split("/")
+                comp = make(kind)
+                if transport == "http":
+                    server = stack.enter_context(cr.serve(comp))
+                    client = cr.connect(server.url)
+                    stack.callback(client.close)
+                    made[key] = (comp, client)
+                else:
+                    made[key] = (comp, comp)
+                through(made[key][1])(X)  # output shapes of free-shaped NumPy outputs
+                return made[key]
+
+        yield Pool()
+
+
+@pytest.fixture(params=["local", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _tol_of(kind: str) -> dict[str, float]:
+    return _tol("numpy") if kind.startswith("numpy") else _tol("exact")
+
+
+def _vmap_compositions(f: Any) -> dict[str, Any]:
+    y = lambda x: f(x)["y"]  # noqa: E731
+    s = lambda x: loss(f(x))  # noqa: E731
+    total = lambda xs: jnp.sum(jax.vmap(s)(xs))  # noqa: E731
+    return {
+        "grad(vmap)": lambda: jax.grad(total)(XS),
+        "jit(grad(vmap))": lambda: jax.jit(jax.grad(total))(XS),
+        "jvp(vmap)": lambda: jax.jvp(jax.vmap(y), (XS,), (TS,))[1],
+        "jacfwd(vmap)": lambda: jax.jacfwd(jax.vmap(y))(XS),
+        "jacrev(vmap, in_axes=1)": lambda: jax.jacrev(jax.vmap(y, in_axes=1, out_axes=1))(XS.T),
+        "vmap(grad)": lambda: jax.vmap(jax.grad(s))(XS),
+        "vmap(jvp)": lambda: jax.vmap(lambda x, t: jax.jvp(y, (x,), (t,))[1])(XS, TS),
+        "vmap(jacfwd)": lambda: jax.vmap(jax.jacfwd(y))(XS),
+        "jit(vmap(jacrev))": lambda: jax.jit(jax.vmap(jax.jacrev(y)))(XS),
+        "vmap(vjp)": lambda: jax.vmap(lambda c: jax.vjp(y, X)[1](c)[0])(TS),
+    }
+
+
+@pytest.mark.parametrize("kind", COMPOSED)
+def test_every_order_of_batching_and_differentiation(
+    kind: str, transport: str, pool: dict[str, tuple[cr.Component, cr.Component]]
+) -> None:
+    worker, comp = pool[f"{kind}/{transport}"]
+    mine, theirs = _vmap_compositions(through(comp)), _vmap_compositions(reference)
+    for name, run in mine.items():
+        np.testing.assert_allclose(run(), theirs[name](), **_tol_of(kind), err_msg=name)
+    # grad of vmap against central finite differences of the pipeline itself
+    total = lambda xs: jnp.sum(jax.vmap(lambda x: loss(through(comp)(x)))(xs))  # noqa: E731
+    eps, grad = 1e-6, np.asarray(jax.grad(total)(XS))
+    for k in np.ndindex(XS.shape):
+        e = np.zeros(XS.shape)
+        e[k] = eps
+        fd = (total(XS + e) - total(XS - e)) / (2 * eps)
+        np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-6)
+    # Rows of a Jacobian stay one batched request per vmapped element, not one per row.
+    worker.calls.clear()
+    mine["jacrev(vmap, in_axes=1)"]()
+    assert worker.calls["batched_vjp"] == len(XS) and worker.calls["vjp"] == 0, worker.calls
+
+
+# ---- second order through vector outputs -------------------------------------------------------
+
+
+def _second_orders(f: Any) -> dict[str, Any]:
+    y = lambda x: f(x)["y"]  # noqa: E731
+    s = lambda x: loss(f(x))  # noqa: E731
+    return {
+        "hessian(y)": lambda: jax.hessian(y)(X),
+        "hessian(loss)": lambda: jax.hessian(s)(X),
+        "jit(hessian(loss))": lambda: jax.jit(jax.hessian(s))(X),
+        "grad(grad)": lambda: jax.grad(lambda x: jnp.sum(jax.grad(s)(x) ** 2))(X),
+        "jvp(grad)": lambda: jax.jvp(jax.grad(s), (X,), (T,))[1],
+        "jacfwd(jacrev(y))": lambda: jax.jacfwd(jax.jacrev(y))(X),
+        "jacfwd(jacfwd(y))": lambda: jax.jacfwd(jax.jacfwd(y))(X),
+        "jacrev(jacrev(y))": lambda: jax.jacrev(jax.jacrev(y))(X),
+        "vmap(hessian(loss))": lambda: jax.vmap(jax.hessian(s))(XS),
+    }
+
+
+@pytest.mark.parametrize("kind", ["torch", "jax-vjp", "numpy-hvp"])
+def test_second_order_through_vector_outputs(
+    kind: str, transport: str, pool: dict[str, tuple[cr.Component, cr.Component]]
+) -> None:
+    _, comp = pool[f"{kind}/{transport}"]
+    mine, theirs = _second_orders(through(comp)), _second_orders(reference)
+    for name, run in mine.items():
+        np.testing.assert_allclose(run(), theirs[name](), rtol=1e-10, atol=1e-10, err_msg=name)
+    # the Hessian against central differences of chainrule's own gradient
+    grad = jax.grad(lambda x: loss(through(comp)(x)))
+    eps = 1e-5
+    fd = np.stack([(grad(X + eps * e) - grad(X - eps * e)) / (2 * eps) for e in jnp.eye(3)])
+    np.testing.assert_allclose(mine["hessian(loss)"](), fd, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "written", "numpy-vjp"])
+def test_second_order_needs_an_hvp(
+    kind: str, transport: str, pool: dict[str, tuple[cr.Component, cr.Component]]
+) -> None:
+    _, comp = pool[f"{kind}/{transport}"]
+    with pytest.raises(cr.EndpointUnavailableError, match="hvp"):
+        jax.hessian(lambda x: loss(through(comp)(x)))(X)
+
+
+def test_mixed_second_derivatives(transport: str) -> None:
+    """∂²f/∂a∂b: the hvp moves a but answers for b (this cross term used to come out zero)."""
+    comp = build(CASES[1], "torch")  # matrix: norm = Σ (tanh(a @ b) + offset)²
+    point = CASES[1].point()
+    a, b, offset = (jnp.asarray(point[k]) for k in ("a", "b", "offset"))
+
+    def norm(call: Any) -> Any:
+        return lambda a, b: call({"a": a, "b": b, "offset": offset})["norm"]
+
+    def twin(i: dict[str, Any]) -> dict[str, Any]:
+        return {"norm": jnp.sum((jnp.tanh(i["a"] @ i["b"]) + i["offset"]) ** 2)}
+
+    with cr.serve(comp) as server:
+        remote = cr.connect(server.url)
+        target = remote if transport == "http" else comp
+        call = lambda i: crj.call(target, i)  # noqa: E731
+        for f in (jax.jacfwd, jax.jacrev):
+            got = f(jax.grad(norm(call), argnums=1))(a, b)
+            want = f(jax.grad(norm(twin), argnums=1))(a, b)
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+            assert np.abs(want).max() > 1  # a real cross term
+        remote.close()
+
+
+# ---- zero-size arrays and declared shapes ------------------------------------------------------
+
+
+class Sized(cr.Schema):
+    x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+class Squared(cr.Schema):
+    y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+class Emptied(cr.Schema):
+    y: cr.Differentiable[cr.Array[(None,), cr.Float64]]
+
+
+def _square(xp: Any) -> Any:
+    return lambda i: Squared(y=i.x**2)
+
+
+def _empty(xp: Any) -> Any:
+    return lambda i: Emptied(y=i.x[:0] * 2.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy", "remote"])
+def test_zero_size_jacobians_match_pure_jax(backend: str) -> None:
+    """jacrev of a zero-size output is an empty batch: no call, a (0, ...) array as in JAX."""
+    import torch
+
+    def comps(make_fn: Any, out: type[cr.Schema], name: str) -> cr.Component:
+        xp = torch if backend == "torch" else np
+        kind = "numpy" if backend == "numpy" else "torch"
+        return cr.component(make_fn(xp), inputs=Sized, outputs=out, backend=kind, name=name)
+
+    square, empty = comps(_square, Squared, "square"), comps(_empty, Emptied, "empty")
+    with cr.serve(square) as s1, cr.serve(empty) as s2:
+        if backend == "remote":
+            square, empty = cr.connect(s1.url), cr.connect(s2.url)
+        sq = lambda x: crj.call(square, {"x": x})["y"]  # noqa: E731
+        em = lambda x: crj.call(empty, {"x": x})["y"]  # noqa: E731
+        crj.call(empty, {"x": X})  # learn the free output shape once
+        cases = [
+            (sq, lambda x: x**2, jnp.zeros(0)),
+            (em, lambda x: x[:0] * 2.0, X),
+        ]
+        for mine, twin, x in cases:
+            for transform in (jax.jacrev, jax.jacfwd, lambda f: jax.jit(jax.jacrev(f))):
+                got, want = transform(mine)(x), transform(twin)(x)
+                assert got.shape == want.shape and got.dtype == want.dtype
+            got = jax.grad(lambda x, f=mine: jnp.sum(f(x)))(x)
+            np.testing.assert_array_equal(got, jax.grad(lambda x, f=twin: jnp.sum(f(x)))(x))
+        np.testing.assert_array_equal(jax.vmap(sq)(jnp.zeros((0, 3))), jnp.zeros((0, 3)))
+        if backend == "remote":
+            square.close()
+            empty.close()
+
+
+class Fixed(cr.Schema):
+    x: cr.Differentiable[cr.Array[(100,), cr.Float64]]
+
+
+class FixedOut(cr.Schema):
+    y: cr.Differentiable[cr.Array[(100,), cr.Float64]]
+
+
+class FixedWithCount(cr.Schema):
+    y: cr.Differentiable[cr.Array[(100,), cr.Float64]]
+    count: int
+
+
+def test_declared_shapes_need_no_eager_call_nor_eval_shape() -> None:
+    """Output shapes fixed by the schema are used as they are (jit(jacrev) of a remote
+    component works before any eager call, without an eval_shape round trip)."""
+    comp = cr.component(
+        lambda i: FixedOut(y=np.sin(i.x)), inputs=Fixed, outputs=FixedOut, backend="numpy"
+    )
+    counted = cr.component(
+        lambda i: FixedWithCount(y=np.sin(i.x), count=7),
+        inputs=Fixed,
+        outputs=FixedWithCount,
+        backend="numpy",
+        name="counted",
+    )
+    x = jnp.linspace(0.0, 1.0, 100)
+    with cr.serve(comp) as s1, cr.serve(counted) as s2:
+        remote, remote_counted = cr.connect(s1.url), cr.connect(s2.url)
+        jac = jax.jit(jax.jacrev(lambda x: crj.call(remote, {"x": x})["y"]))(x)
+        np.testing.assert_allclose(jac, jnp.diag(jnp.cos(x)), atol=1e-8)
+        assert comp.calls["eval_shape"] == 0 and comp.calls["apply"] == 1
+        # With a static output the arrays are still known; the static value needs a run.
+        f = jax.jit(jax.jacrev(lambda x: crj.call(remote_counted, {"x": x})["y"]))
+        np.testing.assert_allclose(f(x), jnp.diag(jnp.cos(x)), atol=1e-8)
+        with pytest.raises(cr.EndpointUnavailableError, match="output 'count' of component"):
+            jax.jit(lambda x: crj.call(remote_counted, {"x": x})["count"] * x)(x)
+        assert crj.call(remote_counted, {"x": x})["count"] == 7  # eager: known
+        remote.close()
+        remote_counted.close()
+
+
+def test_nested_vmaps_over_cotangents_are_one_batched_call() -> None:
+    comp = build(CASES[0], "torch")
+    cts = jnp.arange(18.0).reshape(2, 3, 3) / 10
+    _, pull = jax.vjp(lambda x: through(comp)(x)["y"], X)
+    _, twin = jax.vjp(lambda x: reference(x)["y"], X)
+    comp.calls.clear()
+    got = jax.vmap(jax.vmap(lambda c: pull(c)[0]), in_axes=1)(cts)
+    want = jax.vmap(jax.vmap(lambda c: twin(c)[0]), in_axes=1)(cts)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert comp.calls == {"batched_vjp": 1}  # 6 rows, one request

@@ -36,10 +36,9 @@ def make(case: Case, kind: str) -> cr.Component:
 
     @comp.def_jvp
     def jvp(inputs: Any, tangents: Any, of: Any) -> Any:
-        # Through a kept linearization: torch allows one forward-AD level at a time, and the
-        # caller's forward_ad.dual_level may be it (torch.func.jvp would open a second one).
-        _, handle = ref.apply(inputs, keep=True)
-        return ref.jvp(inputs, tangents, of=of, handle=handle)
+        # Called inside the caller's forward_ad.dual_level: the torch backend's jvp uses no
+        # forward-mode AD of its own (torch allows one dual level at a time, process-wide).
+        return ref.jvp(inputs, tangents, of=of)
 
     return comp
 
@@ -251,11 +250,11 @@ def test_inline_torch_is_called_directly() -> None:
     assert comp.calls == {"apply": 1}
 
 
-def test_second_order_through_a_host_component_is_refused() -> None:
-    comp = make(VECTOR, "numpy")
+def test_second_order_needs_the_components_hvp() -> None:
+    comp = make(VECTOR, "numpy")  # finite differences: no hvp
     x = X.clone().requires_grad_()
     (g,) = torch.autograd.grad(_vector(comp)(x), x, create_graph=True)
-    with pytest.raises(cr.EndpointUnavailableError, match="second derivatives"):
+    with pytest.raises(cr.EndpointUnavailableError, match=r"has no hvp.*def_hvp"):
         torch.autograd.grad(g.sum(), x)
 
 
@@ -374,3 +373,184 @@ def test_served_component_error_keeps_its_class() -> None:
                 crt.call(client, {"x": X.clone().requires_grad_()})
         finally:
             client.close()
+
+
+# ---- vmap in every order of composition ------------------------------------------------------
+
+
+XS = torch.stack([X, 2 * X, X - 1])
+
+
+def _compositions(f: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
+    y = lambda x: f(x)["y"]  # noqa: E731
+    s = lambda x: f(x)["s"]  # noqa: E731
+    vf = torch.func
+
+    def backward_of_vmap() -> torch.Tensor:
+        xs = XS.clone().requires_grad_()
+        vf.vmap(s)(xs).sum().backward()
+        assert xs.grad is not None
+        return xs.grad
+
+    return {
+        "grad(vmap)": lambda: vf.grad(lambda xs: vf.vmap(s)(xs).sum())(XS),
+        "vmap(grad)": lambda: vf.vmap(vf.grad(s))(XS),
+        "backward(vmap)": backward_of_vmap,
+        "jacrev(vmap)": lambda: vf.jacrev(vf.vmap(y))(XS),
+        "jacfwd(vmap)": lambda: vf.jacfwd(vf.vmap(y))(XS),
+        "vmap(jacrev)": lambda: vf.vmap(vf.jacrev(y))(XS),
+        "vmap(jacfwd)": lambda: vf.vmap(vf.jacfwd(y))(XS),
+        "jvp(vmap)": lambda: vf.jvp(vf.vmap(y), (XS,), (XS.cos(),))[1],
+        "vmap(jvp)": lambda: vf.vmap(lambda x, t: vf.jvp(y, (x,), (t,))[1])(XS, XS.cos()),
+    }
+
+
+def _twin(x: torch.Tensor) -> dict[str, Any]:
+    return {"y": 1.5 * torch.sin(x) + x**2, "s": (x**3).sum()}
+
+
+@pytest.fixture(scope="module")
+def served_torch_written() -> Iterator[cr.Component]:
+    """A served torch component with written derivatives (an HTTP kind)."""
+    with cr.serve(make(VECTOR, "torch-written"), port=0) as server:
+        client = cr.connect(server.url)
+        yield client
+        client.close()
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "http"])
+def test_vmap_composes_with_every_transformation(
+    kind: str, served_torch_written: cr.Component
+) -> None:
+    comp = served_torch_written if kind == "http" else make(VECTOR, kind)
+    mine, theirs = _compositions(_vector_all(comp)), _compositions(_twin)
+    for name, run in mine.items():
+        torch.testing.assert_close(run(), theirs[name](), **tol(kind), msg=name)
+    # against central finite differences of the pipeline itself
+    total = lambda xs: torch.func.vmap(_vector(comp))(xs).sum()  # noqa: E731
+    grad, eps = mine["grad(vmap)"](), 1e-6
+    for k in np.ndindex(tuple(XS.shape)):
+        e = torch.zeros_like(XS)
+        e[k] = eps
+        fd = (total(XS + e) - total(XS - e)) / (2 * eps)
+        torch.testing.assert_close(grad[k], fd, rtol=1e-5, atol=1e-6)
+    if kind not in ("torch", "http"):  # rows of a Jacobian: one batched call per element
+        comp.calls.clear()
+        mine["jacrev(vmap)"]()
+        assert comp.calls["batched_vjp"] == len(XS) and comp.calls["vjp"] == 0, comp.calls
+
+
+def _vector_all(comp: cr.Component) -> Callable[[torch.Tensor], dict[str, Any]]:
+    return lambda x: crt.call(comp, {"x": x, "scale": 1.5})
+
+
+# ---- second order through the component's hvp ----------------------------------------------
+
+
+def _second_orders(f: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, Any]:
+    y = lambda x: f(x)["y"]  # noqa: E731
+    loss = lambda x: (torch.sin(f(x)["y"]) * f(x)["y"]).sum() + f(x)["s"] ** 2  # noqa: E731
+    vf = torch.func
+
+    def double_backward() -> torch.Tensor:
+        x = X.clone().requires_grad_()
+        (g,) = torch.autograd.grad(loss(x), x, create_graph=True)
+        (h,) = torch.autograd.grad((g**2).sum(), x)
+        return h
+
+    return {
+        "hessian(loss)": lambda: vf.hessian(loss)(X),
+        "hessian(y)": lambda: vf.hessian(y)(X),
+        "jacrev(jacrev(y))": lambda: vf.jacrev(vf.jacrev(y))(X),
+        "jacfwd(jacfwd(y))": lambda: vf.jacfwd(vf.jacfwd(y))(X),
+        "jacrev(jacfwd(y))": lambda: vf.jacrev(vf.jacfwd(y))(X),
+        "grad(grad)": lambda: vf.grad(lambda x: (vf.grad(loss)(x) ** 2).sum())(X),
+        "double backward": double_backward,
+        "jvp(grad)": lambda: vf.jvp(vf.grad(loss), (X,), (X.cos(),))[1],
+        "vmap(hessian)": lambda: vf.vmap(vf.hessian(loss))(XS),
+    }
+
+
+@pytest.mark.parametrize("kind", ["jax", "torch-written", "http"])
+def test_second_order_through_vector_outputs(
+    kind: str, remote: tuple[cr.Component, cr.Component]
+) -> None:
+    comp = remote[1] if kind == "http" else make(VECTOR, kind)
+    mine, theirs = _second_orders(_vector_all(comp)), _second_orders(_twin)
+    for name, run in mine.items():
+        torch.testing.assert_close(run(), theirs[name](), rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_mixed_second_derivatives() -> None:
+    """∂²f/∂a∂b through a host component: an hvp along a answered for b."""
+    setup = Setup(MATRIX)
+    comp = make(MATRIX, "jax")
+    a, b = (torch.tensor(setup.point[k]) for k in ("a", "b"))
+    offset = torch.tensor(setup.point["offset"])
+
+    def norm(call: Any) -> Any:
+        return lambda a, b: call({"a": a, "b": b, "offset": offset})["norm"]
+
+    def twin(i: dict[str, Any]) -> dict[str, Any]:
+        return {"norm": ((torch.tanh(i["a"] @ i["b"]) + i["offset"]) ** 2).sum()}
+
+    mine = norm(lambda i: crt.call(comp, i))
+    for f in (torch.func.jacfwd, torch.func.jacrev):
+        got = f(torch.func.grad(mine, argnums=1))(a, b)
+        want = f(torch.func.grad(norm(twin), argnums=1))(a, b)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_third_order_is_refused() -> None:
+    comp = make(VECTOR, "jax")
+    s = _vector(comp)
+    with pytest.raises(cr.EndpointUnavailableError, match="third derivatives"):
+        torch.func.jacrev(torch.func.hessian(s))(X)
+
+
+# ---- zero-size arrays --------------------------------------------------------------------------
+
+
+class _Sized(cr.Schema):
+    x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+class _Squared(cr.Schema):
+    y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+class _Emptied(cr.Schema):
+    y: cr.Differentiable[cr.Array[(None,), cr.Float64]]
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_zero_size_jacobians_match_pure_torch(backend: str) -> None:
+    square = cr.component(
+        lambda i: _Squared(y=i.x**2), inputs=_Sized, outputs=_Squared, backend=backend
+    )
+    empty = cr.component(
+        lambda i: _Emptied(y=i.x[:0] * 2.0), inputs=_Sized, outputs=_Emptied, backend=backend
+    )
+    none, some = torch.zeros(0, dtype=torch.float64), X
+    cases = [
+        (lambda x: crt.call(square, {"x": x})["y"], lambda x: x**2, none),
+        (lambda x: crt.call(empty, {"x": x})["y"], lambda x: x[:0] * 2.0, some),
+    ]
+    for mine, twin, x in cases:
+        for transform in (torch.func.jacrev, torch.func.jacfwd):
+            got, want = transform(mine)(x), transform(twin)(x)
+            assert got.shape == want.shape and got.dtype == want.dtype
+    got = torch.func.vmap(cases[0][0])(torch.zeros(0, 3, dtype=torch.float64))
+    assert got.shape == (0, 3)
+
+
+def test_nested_vmaps_over_cotangents_are_one_batched_call() -> None:
+    comp = make(VECTOR, "jax")
+    _, pull = torch.func.vjp(_vector(comp, "y"), X)
+    _, twin = torch.func.vjp(lambda x: _twin(x)["y"], X)
+    cts = torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4) / 10
+    comp.calls.clear()
+    got = torch.func.vmap(torch.func.vmap(lambda c: pull(c)[0]), in_dims=1)(cts)
+    want = torch.func.vmap(torch.func.vmap(lambda c: twin(c)[0]), in_dims=1)(cts)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert comp.calls == {"batched_vjp": 1}  # 6 rows, one request

@@ -7,7 +7,7 @@ direction u (error O(h⁴)), so checks cost a handful of `apply` calls whatever 
   jacobian     J·u (contracted)    vs  FD along u
   batched_*    each batch row      vs  its FD reference
   dot product  ⟨v, J·u⟩ (jvp)      vs  ⟨Jᵀ·v, u⟩ (vjp): no FD involved
-  hvp          H·u                 vs  FD of the vjp gradient along u
+  hvp          H·u, H of ⟨v, y⟩    vs  FD of the vjp gradient Jᵀ·v along u
 at the given point and at random perturbations of it.
 """
 
@@ -220,20 +220,18 @@ def _check_point(
 
         c.guarded("batched_vjp", k, batched_vjp)
     if "hvp" in offered:
-        scalars = [o for o in of if base[o].size == 1]
-        if scalars:
-            c.guarded("hvp", k, lambda: _check_hvp(c, p, k, wrt, scalars[0], u))
+        c.guarded("hvp", k, lambda: _check_hvp(c, p, k, wrt, v, u))
 
 
-def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: str, u: Arrays) -> None:
+def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], v: Arrays, u: Arrays) -> None:
+    """H·u, H the Hessian of ⟨v, outputs⟩, vs the FD of the vjp gradient Jᵀ·v along u."""
     comp = c.comp
-    one = {of: np.ones_like(c.outputs(p, {}, (of,))[of])}
     scale = max([1.0, *(float(np.max(np.abs(p.values[w]), initial=0)) for w in u)])
     h = 1e-3 * scale / max(_norm(u), 1e-300)
 
     def grad_at(step: float) -> Arrays:
         point = replace_leaves(p.inputs, {w: p.values[w] + step * u[w] for w in u})
-        return comp.vjp(point, one, wrt=wrt)
+        return comp.vjp(point, v, wrt=wrt)
 
     def central(step: float) -> Arrays:
         return {
@@ -243,7 +241,7 @@ def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: str, u: 
 
     coarse, fine = central(h), central(h / 2)
     want = {w: (4 * fine[w] - coarse[w]) / 3 for w in wrt}
-    c.compare("hvp", k, comp.hvp(p, u, of=of, wrt=wrt), want)
+    c.compare("hvp", k, comp.hvp(p, u, cotangents=v, wrt=wrt), want)
 
 
 def _perturbed(p: Point, wrt: tuple[str, ...], rng: np.random.Generator, size: float) -> Point:

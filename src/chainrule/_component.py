@@ -233,7 +233,9 @@ class Component:
         return self.define("batched_vjp", fn)
 
     def def_hvp(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorator: `fn(inputs, tangents[, of, wrt]) -> {input path: H·t}`."""
+        """Decorator: `fn(inputs, tangents[, cotangents, wrt]) -> {input path: H·t}`, H the
+        Hessian of `Σ ⟨cotangents[o], outputs[o]⟩`; a function taking `of` (one scalar output)
+        instead of `cotangents` serves scalar outputs only."""
         return self.define("hvp", fn)
 
     # ---- validation ------------------------------------------------------------------------
@@ -617,36 +619,70 @@ class Component:
         return result
 
     def hvp(
-        self, inputs: Any, tangents: Mapping[str, Any], *, of: str | None = None, wrt: Paths = None
+        self,
+        inputs: Any,
+        tangents: Mapping[str, Any],
+        *,
+        cotangents: Mapping[str, Any] | None = None,
+        of: str | None = None,
+        wrt: Paths = None,
     ) -> dict[str, np.ndarray]:
-        """Hessian-vector product `{input path: H·t}` of the scalar output `of`."""
+        """Hessian-vector product `{input path: H·t}`, where H is the Hessian of the weighted
+        sum of outputs `Σ ⟨cotangents[o], outputs[o]⟩` (the derivative of `vjp(cotangents)`
+        along `t`), for outputs of any shape; `of=` one scalar output is the shorthand for
+        weight 1 on it (the default when the component has exactly one scalar output)."""
         p = self.point(inputs)
         if "hvp" not in self.impls:
             self._run("hvp", p, None)  # raises EndpointUnavailableError with the fix
         t = self._tangents(p, tangents, batched=False)
-        return self._run(
-            "hvp", p, None, tangents=t, of=self._scalar_output(p, of), wrt=self._wrt(p, wrt)
-        )
+        c = self._hvp_weights(p, cotangents, of)
+        return self._run("hvp", p, None, tangents=t, cotangents=c, wrt=self._wrt(p, wrt))
+
+    def _hvp_weights(
+        self, p: Point, cotangents: Mapping[str, Any] | None, of: str | None
+    ) -> dict[str, np.ndarray]:
+        """The output weights of an hvp: the cotangents given, or 1 on the scalar output `of`."""
+        if cotangents is not None and of is not None:
+            raise ValidationError(
+                f"hvp of component '{self.name}': give cotangents= (output weights) or of= "
+                "(one scalar output), not both",
+                errors=[{"path": "of", "expected": "of or cotangents", "got": "both"}],
+            )
+        if cotangents is not None:
+            return self._cotangents(p, cotangents, batched=False, res=None)
+        scalar = self._scalar_output(p, of)
+        spec, shape = self._output_specs(p, None)[scalar]
+        if shape is None:
+            shape = p.out_shapes((scalar,), None)[scalar]
+        return {scalar: np.ones(shape, spec.dtype)}
 
     def _scalar_output(self, p: Point, of: str | None) -> str:
         specs = self._output_specs(p, None)
         if of is None:
+            declared = {
+                k: shape if shape is not None else _bound(s.shape, p.dims)
+                for k, (s, shape) in specs.items()
+            }
             scalars = [
                 k
-                for k, (s, shape) in specs.items()
-                if s.differentiable and (shape is not None and int(np.prod(shape)) == 1)
+                for k, (s, _) in specs.items()
+                if s.differentiable
+                and all(type(d) is int for d in declared[k])
+                and int(np.prod(declared[k])) == 1
             ]
             if len(scalars) != 1:
                 raise ValidationError(
-                    f"hvp of component '{self.name}' needs of=<a scalar differentiable output>; "
-                    f"scalar differentiable outputs: {scalars}"
+                    f"hvp of component '{self.name}' needs cotangents={{output path: weights}} "
+                    f"or of=<a scalar differentiable output>; scalar differentiable outputs: "
+                    f"{scalars}"
                 )
             return scalars[0]
         _, shape = self._output_leaf(p, of, "hvp of", specs)
         if shape is not None and int(np.prod(shape)) != 1:
             raise ValidationError(
                 f"hvp of component '{self.name}': output '{of}' has shape {shape}, expected a "
-                "scalar; hvp is the Hessian of one scalar output"
+                "scalar for of=; for a vector output pass cotangents={"
+                f"'{of}': weights}} (the Hessian of the weighted sum)"
             )
         return of
 
@@ -805,12 +841,40 @@ def _numpy_tree(value: Any) -> Any:
 def _written_impl(fn: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
     """Adapt an author's function `fn(inputs, <request>...)` to the implementation shape."""
     accepted = set(inspect.signature(fn).parameters)
+    if endpoint == "hvp" and "cotangents" not in accepted:
+        return _written_scalar_hvp(fn, accepted)
 
     def impl(p: Point, res: Any, **request: Any) -> Any:
         kwargs = {k: v for k, v in request.items() if k in accepted}
         return fn(p.inputs, **kwargs)
 
     impl.__name__ = f"written_{endpoint}"
+    return impl
+
+
+def _written_scalar_hvp(fn: Callable[..., Any], accepted: set[str]) -> Callable[..., Any]:
+    """An author's hvp of one scalar output, `fn(inputs, tangents[, of, wrt])`, as the weighted
+    form: the sum of its answers for each weighted output, each weight a scalar."""
+
+    def impl(p: Any, res: Any, tangents: Any, cotangents: Any, wrt: Any) -> Any:
+        total: dict[str, np.ndarray] = {}
+        for o, weight in cotangents.items():
+            if np.size(weight) != 1:
+                raise EndpointUnavailableError(
+                    f"the hvp written for component '{p.component.name}' is of one scalar "
+                    f"output (it takes no cotangents=), but output '{o}' has shape "
+                    f"{np.shape(weight)}; give it a `cotangents` parameter (output weights: "
+                    "the Hessian of the weighted sum of outputs) to serve vector outputs"
+                )
+            given = {"tangents": tangents, "of": o, "wrt": wrt}
+            kwargs = {k: v for k, v in given.items() if k in accepted}
+            answer = fn(p.inputs, **kwargs)
+            for w in wrt:
+                term = float(np.reshape(weight, ())) * np.asarray(answer[w])
+                total[w] = total[w] + term if w in total else term
+        return {w: total[w] if w in total else np.zeros_like(p.values[w]) for w in wrt}
+
+    impl.__name__ = "written_hvp"
     return impl
 
 

@@ -49,7 +49,11 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("jacobian", ("wrt", "of", "handle"), "{output path: {input path: ∂out/∂in}}"),
         Endpoint("batched_jvp", ("tangents", "of", "handle"), "{output path: J·t[b] on axis 0}"),
         Endpoint("batched_vjp", ("cotangents", "wrt", "handle"), "{input path: Jᵀ·c[b] on axis 0}"),
-        Endpoint("hvp", ("tangents", "of", "wrt"), "{input path: H·t} of the scalar output `of`"),
+        Endpoint(
+            "hvp",
+            ("tangents", "cotangents", "of", "wrt"),
+            "{input path: H·t}, H the Hessian of Σ⟨cotangents, outputs⟩ (or of the scalar `of`)",
+        ),
     )
 }
 DERIVATIVES = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")

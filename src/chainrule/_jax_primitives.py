@@ -49,7 +49,7 @@ class _Spec:
     template: Schema  # inputs with ShapeDtype leaves (static values filled in)
     in_paths: tuple[str, ...]
     in_diff: tuple[bool, ...]
-    out_template: Schema  # outputs with ShapeDtype leaves
+    out_template: Schema | None  # outputs with ShapeDtype leaves (None: static values unknown)
     out_paths: tuple[str, ...]
     out_avals: tuple[jax.core.ShapedArray, ...]
     out_diff: tuple[bool, ...]
@@ -191,14 +191,22 @@ def _host_vjp(
 
 def _host_hvp(
     spec: _Spec,
+    moved: tuple[int, ...],
     wrt: tuple[int, ...],
-    of: int,
-    arrays: Sequence[np.ndarray],
-    vs: Sequence[np.ndarray],
+    of: tuple[int, ...],
+    args: Sequence[np.ndarray],
 ) -> list[np.ndarray]:
+    """H·v for inputs `wrt`, H the Hessian of Σ⟨w_o, y_o⟩ over outputs `of`, v on `moved`."""
+    n, m = len(spec.in_paths), len(of)
+    arrays, weights, vs = args[:n], args[n : n + m], args[n + m :]
     paths = tuple(spec.in_paths[i] for i in wrt)
-    result = spec.component.hvp(
-        spec.inputs(arrays), dict(zip(paths, vs, strict=True)), of=spec.out_paths[of], wrt=paths
+    result = spec.component._run(
+        "hvp",
+        _point(spec, arrays),
+        None,
+        tangents={spec.in_paths[i]: v for i, v in zip(moved, vs, strict=True)},
+        cotangents={spec.out_paths[o]: w for o, w in zip(of, weights, strict=True)},
+        wrt=paths,
     )
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
@@ -301,18 +309,24 @@ def _define(
     prim = Prim(name)
     prim.multiple_results = True
 
+    def host_for(params: dict[str, Any]) -> Callable[..., list[np.ndarray]]:
+        if 0 in params["sizes"]:  # an empty batch (jacrev of a zero-size output): no call
+            avals = avals_of(**params)
+            return lambda args: [np.zeros(a.shape, a.dtype) for a in avals]
+        return host_of(**params)
+
     def impl(*args: Any, **params: Any) -> list[Any]:
-        host = host_of(**params)
+        host = host_for(params)
         return [jnp.asarray(x) for x in host([np.asarray(a) for a in args])]
 
     def abstract(*args: Any, **params: Any) -> list[Any]:
         return avals_of(**params)
 
     def lowered(*args: Any, **params: Any) -> list[Any]:
-        return _callback(host_of(**params), avals_of(**params), args)
+        return _callback(host_for(params), avals_of(**params), args)
 
     def emitted(ctx: Any, *args: Any, **params: Any) -> Any:
-        host = host_of(**params)
+        host = host_for(params)
         assert _EMIT is not None
         result, _, _ = _EMIT(
             ctx,
@@ -396,18 +410,26 @@ vjp_p = _define("chainrule_vjp", _linear_host("vjp"), _vjp_avals)
 
 
 def _hvp_host(
-    spec: _Spec, wrt: tuple[int, ...], of: int, levels: tuple[str, ...], sizes: tuple[int, ...]
+    spec: _Spec,
+    moved: tuple[int, ...],
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
 ) -> Any:
-    n = len(spec.in_paths)
-
     def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
-        return _host_hvp(spec, wrt, of, args[:n], args[n:])
+        return _host_hvp(spec, moved, wrt, of, args)
 
     return lambda args: _run_levels(host, levels, args, [False] * len(args))
 
 
 def _hvp_avals(
-    spec: _Spec, wrt: tuple[int, ...], of: int, levels: tuple[str, ...], sizes: tuple[int, ...]
+    spec: _Spec,
+    moved: tuple[int, ...],
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
 ) -> Any:
     return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
 

@@ -1,12 +1,13 @@
-"""Differentiation and vmap rules of the `chainrule.jax` primitives.
+"""Differentiation and vmap rules of the `chainrule.jax` primitives (first order).
 
 Registered with JAX when this module is imported (`chainrule.jax` imports it): the jvp of
-`call_p` keeps the linearization and binds `jvp_p`; `jvp_p` and `vjp_p` transpose into each
-other; their own jvps add the curvature term through `hvp_p` (second order, scalar outputs),
-which is its own transpose. vmap pushes a "loop" or "batched" level onto a primitive's
-`levels` parameter: "batched" when only the linear arguments are mapped (one call to a
-batched endpoint), "loop" otherwise. Kept apart from the primitives (`_jax_primitives`) so
-each file reads as one concern: what runs on the host, and how JAX transforms it.
+`call_p` keeps the linearization and binds `jvp_p` (under a vmapped call, with the same loop
+levels: each element kept its own); `jvp_p` and `vjp_p` transpose into each other; their own
+jvps add a curvature term (second order, `_jax_curvature`). vmap pushes a "loop" level onto
+a primitive's `levels`, or, when only the linear arguments are mapped, makes them the
+innermost "batched" level (one call to a batched endpoint per loop element). Kept apart from
+the primitives (`_jax_primitives`) so each file reads as one concern: what runs on the host,
+and how JAX transforms it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad, batching
 
-from ._errors import EndpointUnavailableError, NotDifferentiableError
+from ._errors import NotDifferentiableError
 from ._jax_primitives import Prim, _batched_avals, _Spec, call_p, hvp_p, jvp_p, vjp_p
 
 _NOT_MAPPED = None  # how vmap marks an unbatched argument
@@ -30,10 +31,6 @@ _NOT_MAPPED = None  # how vmap marks an unbatched argument
 
 def _is_zero(t: Any) -> bool:
     return type(t) is ad.Zero
-
-
-def _zeros_like_aval(aval: Any) -> Any:
-    return jnp.zeros(aval.shape, aval.dtype)
 
 
 def _tangent_zero(aval: Any) -> Any:
@@ -72,11 +69,18 @@ def _call_jvp(
     out_avals = _batched_avals(spec.out_avals, sizes)
     tangents_out = [_tangent_zero(a) for a in out_avals]
     if wrt and spec.diff_outs:
+        # A vmapped call (grad of vmap) has only loop levels: each element kept its own
+        # linearization (the tokens carry the loop axes too), and the jvp loops the same way.
         tans = [tangents[i] for i in wrt]
-        if levels:
-            raise AssertionError("jvp of a batched call is handled by vmap of the jvp")
         diff = jvp_p.bind(
-            token, *primals, *tans, spec=spec, wrt=wrt, of=spec.diff_outs, levels=(), sizes=()
+            token,
+            *primals,
+            *tans,
+            spec=spec,
+            wrt=wrt,
+            of=spec.diff_outs,
+            levels=levels,
+            sizes=sizes,
         )
         for i, d in zip(spec.diff_outs, diff, strict=True):
             tangents_out[i] = d
@@ -157,186 +161,9 @@ def _loops(
     return levels[:n], sizes[:n]
 
 
-def _curvature(
-    spec: _Spec,
-    primals: list[Any],
-    dx: Sequence[Any],
-    o: int,
-    what: str,
-    levels: tuple[str, ...],
-    sizes: tuple[int, ...],
-) -> dict[int, Any] | None:
-    """H_o·dx for scalar output o, by input index, with the loop axes of the call."""
-    moved = _check_tangents(spec, dx, what)
-    if not moved:
-        return None
-    if "hvp" not in spec.component.endpoints:
-        raise EndpointUnavailableError(
-            f"{what}: second derivatives through component '{spec.component.name}' need its "
-            "hvp endpoint, which it does not offer (finite-difference components have none); "
-            "define one with @component.def_hvp"
-        )
-    if int(np.prod(spec.out_avals[o].shape)) != 1:
-        raise EndpointUnavailableError(
-            f"{what}: second derivatives through component '{spec.component.name}' are "
-            f"supported for scalar outputs; '{spec.out_paths[o]}' is "
-            f"{spec.out_avals[o].str_short()}"
-        )
-    loops, loop_sizes = _loops(levels, sizes)
-    hv = hvp_p.bind(
-        *primals,
-        *[dx[i] for i in moved],
-        spec=spec,
-        wrt=moved,
-        of=o,
-        levels=loops,
-        sizes=loop_sizes,
-    )
-    if len(loops) < len(levels):  # a batched (linear-only) level: insert its axis
-        hv = [jnp.expand_dims(h, len(loops)) for h in hv]
-    return dict(zip(moved, hv, strict=True))
-
-
-def _second_order(
-    spec: _Spec,
-    primals: list[Any],
-    dx: Sequence[Any],
-    weights: dict[int, Any],
-    wrt: tuple[int, ...],
-    what: str,
-    levels: tuple[str, ...] = (),
-    sizes: tuple[int, ...] = (),
-) -> list[Any] | None:
-    """Σ_o weight_o · H_o·dx over scalar outputs o (the curvature term of a derivative)."""
-    total: list[Any] | None = None
-    for o, w in weights.items():
-        hv = _curvature(spec, primals, dx, o, what, levels, sizes)
-        if hv is None:
-            return None
-        term: list[Any] = []
-        for i in wrt:
-            if i not in hv:
-                term.append(None)
-                continue
-            scale = jnp.reshape(w, tuple(sizes) + (1,) * len(spec.in_aval(i).shape))
-            term.append(scale * hv[i])
-        total = term if total is None else [_add(a, b) for a, b in zip(total, term, strict=True)]
-    return total
-
-
-def _add(a: Any, b: Any) -> Any:
-    return b if a is None else a if b is None else a + b
-
-
-def _jvp_of_vjp(
-    primals_in: Sequence[Any],
-    tangents_in: Sequence[Any],
-    *,
-    spec: _Spec,
-    wrt: tuple[int, ...],
-    of: tuple[int, ...],
-    levels: tuple[str, ...],
-    sizes: tuple[int, ...],
-) -> Any:
-    token, primals, cts = _split(primals_in, spec)
-    _, dprimals, dcts = _split(tangents_in, spec)
-    out = vjp_p.bind(*primals_in, spec=spec, wrt=wrt, of=of, levels=levels, sizes=sizes)
-    tan: list[Any] = [None] * len(wrt)
-    keep = _nonzero(dcts)
-    if keep:
-        tan = list(
-            vjp_p.bind(
-                token,
-                *primals,
-                *[dcts[k] for k in keep],
-                spec=spec,
-                wrt=wrt,
-                of=tuple(of[k] for k in keep),
-                levels=levels,
-                sizes=sizes,
-            )
-        )
-    weights = dict(zip(of, cts, strict=True))
-    curvature = _second_order(
-        spec, primals, dprimals, weights, wrt, "derivative of a vjp", levels, sizes
-    )
-    if curvature is not None:
-        tan = [_add(a, b) for a, b in zip(tan, curvature, strict=True)]
-    avals = _batched_avals([spec.in_aval(i) for i in wrt], sizes)
-    return out, [_tangent_zero(a) if t is None else t for t, a in zip(tan, avals, strict=True)]
-
-
-def _jvp_of_jvp(
-    primals_in: Sequence[Any],
-    tangents_in: Sequence[Any],
-    *,
-    spec: _Spec,
-    wrt: tuple[int, ...],
-    of: tuple[int, ...],
-    levels: tuple[str, ...],
-    sizes: tuple[int, ...],
-) -> Any:
-    token, primals, ts = _split(primals_in, spec)
-    _, dprimals, dts = _split(tangents_in, spec)
-    out = jvp_p.bind(*primals_in, spec=spec, wrt=wrt, of=of, levels=levels, sizes=sizes)
-    tan: list[Any] = [None] * len(of)
-    keep = _nonzero(dts)
-    if keep:
-        tan = list(
-            jvp_p.bind(
-                token,
-                *primals,
-                *[dts[k] for k in keep],
-                spec=spec,
-                wrt=tuple(wrt[k] for k in keep),
-                of=of,
-                levels=levels,
-                sizes=sizes,
-            )
-        )
-    for k, o in enumerate(of):
-        # d(J·t)_o = tᵀ·H_o·dx for a scalar output o.
-        hv = _curvature(spec, primals, dprimals, o, "derivative of a jvp", levels, sizes)
-        if hv is None:
-            continue
-        term = sum(
-            jnp.sum(hv[i] * t, axis=tuple(range(len(sizes), t.ndim)))
-            for i, t in zip(wrt, ts, strict=True)
-            if i in hv
-        )
-        shape = tuple(sizes) + tuple(spec.out_avals[o].shape)
-        tan[k] = _add(tan[k], jnp.reshape(term, shape))
-    avals = _batched_avals([spec.out_avals[i] for i in of], sizes)
-    return out, [_tangent_zero(a) if t is None else t for t, a in zip(tan, avals, strict=True)]
-
-
-def _hvp_transpose(
-    cts: Sequence[Any],
-    *args: Any,
-    spec: _Spec,
-    wrt: tuple[int, ...],
-    of: int,
-    levels: tuple[str, ...],
-    sizes: tuple[int, ...],
-) -> list[Any]:
-    # A Hessian is symmetric: the transpose of v ↦ H·v is itself.
-    n = len(spec.in_paths)
-    primals = list(args[:n])
-    cts = [
-        _zeros_like_aval(spec.in_aval(i)) if _is_zero(c) else c
-        for i, c in zip(wrt, cts, strict=True)
-    ]
-    return [None] * n + list(
-        hvp_p.bind(*primals, *cts, spec=spec, wrt=wrt, of=of, levels=levels, sizes=sizes)
-    )
-
-
 ad.primitive_jvps[call_p] = _call_jvp
 ad.primitive_transposes[jvp_p] = _jvp_transpose
 ad.primitive_transposes[vjp_p] = _vjp_transpose
-ad.primitive_transposes[hvp_p] = _hvp_transpose
-ad.primitive_jvps[vjp_p] = _jvp_of_vjp
-ad.primitive_jvps[jvp_p] = _jvp_of_jvp
 
 
 # ---- vmap -----------------------------------------------------------------------------------
@@ -356,21 +183,51 @@ def _batch_rule(prim: Prim, n_fixed: Callable[[dict[str, Any]], int]) -> Callabl
             jnp.shape(a)[d] for a, d in zip(args, dims, strict=True) if d is not _NOT_MAPPED
         )
         fixed = n_fixed(params)
-        only_linear = all(d is _NOT_MAPPED for d in dims[:fixed])
-        batched_ok = prim in (jvp_p, vjp_p) and only_linear and not params["levels"]
-        if batched_ok:
-            moved = list(args[:fixed]) + [
-                _move(a, d, size) for a, d in zip(args[fixed:], dims[fixed:], strict=True)
-            ]
-            level = "batched"
-        else:
-            moved = [_move(a, d, size) for a, d in zip(args, dims, strict=True)]
-            level = "loop"
-        new = {**params, "levels": (level, *params["levels"]), "sizes": (size, *params["sizes"])}
+        if prim in (jvp_p, vjp_p) and all(d is _NOT_MAPPED for d in dims[:fixed]):
+            return _batched(prim, fixed, size, args, dims, params)
+        moved = [_move(a, d, size) for a, d in zip(args, dims, strict=True)]
+        new = {**params, "levels": ("loop", *params["levels"]), "sizes": (size, *params["sizes"])}
         outs = prim.bind(*moved, **new)
         return outs, [0] * len(outs)
 
     return rule
+
+
+def _batched(
+    prim: Prim, fixed: int, size: int, args: Sequence[Any], dims: Sequence[Any], params: Any
+) -> Any:
+    """vmap over the linear arguments alone: the batched level stays innermost.
+
+    Below loop levels (jacrev of vmap) the new axis becomes the batched level after them;
+    over an existing batched level (vmap of jacrev) the two merge into one of size·B, so
+    each loop element is still one call to a batched endpoint.
+    """
+    levels, sizes = params["levels"], params["sizes"]
+    loops, loop_sizes = _loops(levels, sizes)
+    at = len(loops)  # where the batched axis of the linear arguments is (or goes)
+    inner = sizes[at] if len(loops) < len(levels) else 1
+    linear = []
+    for a, d in zip(args[fixed:], dims[fixed:], strict=True):
+        x = jnp.moveaxis(a, d, at) if d is not _NOT_MAPPED else _insert(a, at, size)
+        if len(loops) == len(levels):
+            x = jnp.expand_dims(x, at + 1)
+        linear.append(jnp.reshape(x, (*x.shape[:at], size * inner, *x.shape[at + 2 :])))
+    new = {
+        **params,
+        "levels": (*loops, "batched"),
+        "sizes": (*loop_sizes, size * inner),
+    }
+    outs = prim.bind(*args[:fixed], *linear, **new)
+    split = [jnp.reshape(o, (*o.shape[:at], size, inner, *o.shape[at + 1 :])) for o in outs]
+    if len(loops) == len(levels):
+        split = [jnp.squeeze(o, at + 1) for o in split]
+    return split, [at] * len(split)
+
+
+def _insert(x: Any, at: int, size: int) -> Any:
+    """`x` with a new axis of `size` at position `at` (an unmapped linear argument)."""
+    x = jnp.expand_dims(x, at)
+    return jnp.broadcast_to(x, (*x.shape[:at], size, *x.shape[at + 1 :]))
 
 
 batching.primitive_batchers[call_p] = _batch_rule(call_p, lambda p: 0)

@@ -40,6 +40,8 @@ def _request_model(component: Component, name: str) -> type[BaseModel]:
         "wrt": (list[str] | str | None, None),
         "handle": (str | None, None),
     }
+    if name == "hvp":  # output weights, or `of` one scalar output
+        kinds["cotangents"] = (dict[str, Any] | None, None)
     fields = {k: kinds[k] for k in ENDPOINTS[name].request}
     model: type[BaseModel] = create_model(
         f"{name.title().replace('_', '')}Request", inputs=(component.inputs, ...), **fields

@@ -164,7 +164,11 @@ _KEYWORDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "wrt": (_is_paths, "a path, a list of paths or null"),
     "handle": (lambda v: v is None or isinstance(v, str), "a handle string or null"),
 }
-_HVP_OF = (lambda v: v is None or isinstance(v, str), "one scalar output path or null")
+# hvp weighs outputs by `cotangents` or names one scalar output `of` (then no cotangents).
+_HVP: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "of": (lambda v: v is None or isinstance(v, str), "one scalar output path or null"),
+    "cotangents": (lambda v: v is None or isinstance(v, dict), "an object {output path: array}"),
+}
 _REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
 
 
@@ -184,7 +188,8 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
             f"/{name} expects an object with keys {sorted(allowed)}, got {type(payload).__name__}",
             errors=[{"path": "(body)", "expected": "an object", "got": type(payload).__name__}],
         )
-    unknown, missing = set(payload) - allowed, (allowed & _REQUIRED) - set(payload)
+    required = _REQUIRED - {"cotangents"} if name == "hvp" else _REQUIRED
+    unknown, missing = set(payload) - allowed, (allowed & required) - set(payload)
     if unknown or missing:
         problem = f"unknown keys {_some(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise ValidationError(
@@ -192,7 +197,7 @@ def _request(name: str, payload: Any) -> dict[str, Any]:
             errors=[{"path": "(body)", "expected": sorted(allowed), "got": _some(payload)}],
         )
     for key in set(payload) - {"inputs"}:
-        check, expected = _HVP_OF if (name, key) == ("hvp", "of") else _KEYWORDS[key]
+        check, expected = _HVP[key] if name == "hvp" and key in _HVP else _KEYWORDS[key]
         if not check(payload[key]):
             got = type(payload[key]).__name__
             raise ValidationError(

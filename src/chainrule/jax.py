@@ -7,12 +7,15 @@ copy). Any other component (PyTorch, NumPy, remote) becomes a JAX primitive:
                                token naming the linearization kept by `apply(keep=True)`;
 - `jvp_p(token, *inputs, *t)`  J·t, linear in t (host: `jvp` with the kept handle);
 - `vjp_p(token, *inputs, *c)`  Jᵀ·c, linear in c (host: `vjp` with the kept handle);
-- `hvp_p(*inputs, *v)`         H·v of one scalar output (second order), self-transposed.
+- `hvp_p(*inputs, *w, *v)`     H·v, H the Hessian of Σ⟨w_o, y_o⟩ over outputs o (host: the
+                               component's `hvp` with output weights), self-transposed.
 
 `jvp_p` and `vjp_p` transpose into each other, so reverse mode costs one `apply(keep=True)`
-and one `vjp` per component. vmap over tangents or cotangents alone maps onto the batched
-endpoints (one request per batch: `jacrev` of a remote component is one call); vmap over
-anything else loops inside one host callback.
+and one `vjp` per component; their derivatives add the curvature term through `hvp_p`, so
+second order works for outputs of any shape where the component has an `hvp`. vmap over
+tangents or cotangents alone maps onto the batched endpoints (one request per batch:
+`jacrev` of a remote component is one call, and one per element under an outer vmap); vmap
+over anything else loops inside one host callback. A batch of size 0 calls nothing.
 
 The host callbacks are emitted with JAX's internal emitter, which hands the host the numpy
 views XLA already has (`jax.pure_callback` would first put every argument on a device as a
@@ -20,8 +23,8 @@ views XLA already has (`jax.pure_callback` would first put every argument on a d
 `CHAINRULE_JAX_PURE_CALLBACK=1`, falls back to `jax.pure_callback`.
 
 The primitives and their host functions live in `_jax_primitives`, their derivative and vmap
-rules in `_jax_rules`; this module builds the static spec of a call site and binds `call_p`
-(or traces an in-process JAX component inline).
+rules in `_jax_rules` (second order in `_jax_curvature`); this module builds the static spec
+of a call site and binds `call_p` (or traces an in-process JAX component inline).
 """
 
 from __future__ import annotations
@@ -29,15 +32,16 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jax_rules  # noqa: F401  (registers the derivative and vmap rules with JAX)
+from . import _jax_curvature, _jax_rules  # noqa: F401  (register the rules with JAX)
 from ._backends._jax import JaxBackend, output_value
-from ._component import Component
+from ._component import Component, _bound, _static_leaves
 from ._errors import (
     EndpointUnavailableError,
     NotDifferentiableError,
@@ -50,7 +54,7 @@ from ._jax_primitives import hvp_p as hvp_p
 from ._jax_primitives import jvp_p as jvp_p
 from ._jax_primitives import vjp_p as vjp_p
 from ._schema import Schema, ShapeDtype, passthrough
-from ._tree import leaves, replace_leaves, signature
+from ._tree import bind_dims, flat_fields, leaves, replace_leaves, signature, static_values
 
 __all__ = ["call", "errors", "original_error"]
 
@@ -62,51 +66,106 @@ _SPECS: OrderedDict[Any, _Spec] = OrderedDict()
 _SHAPES: dict[Any, Schema] = {}
 
 
-def _output_shapes(component: Component, template: Schema, concrete: dict[str, Any]) -> Schema:
-    """Output shapes without running the component when possible, else on concrete inputs."""
+@dataclass(frozen=True)
+class _Outs:
+    """The output leaves of a call site, and the outputs' static values if they are known."""
+
+    paths: tuple[str, ...]
+    avals: tuple[jax.core.ShapedArray, ...]
+    diff: tuple[bool, ...]
+    template: Schema | None  # outputs with ShapeDtype leaves; None: static values unknown
+    complete: bool  # nothing left to learn (static values known, or there are none)
+
+    @classmethod
+    def of(cls, shapes: Schema) -> _Outs:
+        found = leaves(shapes)
+        return cls(
+            tuple(x.path for x in found),
+            tuple(
+                jax.core.ShapedArray(tuple(x.value.shape), np.dtype(x.value.dtype)) for x in found
+            ),
+            tuple(x.spec.differentiable for x in found),
+            shapes,
+            True,
+        )
+
+
+def _declared(component: Component, template: Schema) -> _Outs | None:
+    """The output leaves fixed by the output schema (fixed sizes, named dimensions the inputs
+    bind), or None when some output shape is left to the code."""
+    static = _static_leaves(component.outputs)
+    if static is None:
+        return None
+    fail = lambda message, errors: ValidationError(message, errors=errors)  # noqa: E731
+    dims = bind_dims([leaves(template)], fail)
+    shapes = [_bound(spec.shape, dims) for _, spec in static]
+    if not all(type(d) is int for shape in shapes for d in shape):
+        return None
+    flat = flat_fields(component.outputs)
+    return _Outs(
+        tuple(path for path, _ in static),
+        tuple(
+            jax.core.ShapedArray(shape, spec.dtype)
+            for shape, (_, spec) in zip(shapes, static, strict=True)
+        ),
+        tuple(spec.differentiable for _, spec in static),
+        None,
+        flat is not None and all(spec is not None for _, spec in flat),  # no static fields
+    )
+
+
+def _output_shapes(component: Component, template: Schema, concrete: dict[str, Any]) -> _Outs:
+    """The outputs of a call: from the declaration when it fixes every output (no call),
+    else from eval_shape, else from apply on concrete inputs; under jit without eval_shape,
+    the declared array leaves with the static output values left unknown."""
     key = (id(component), signature(template))
     if key in _SHAPES:
-        return _SHAPES[key]
+        return _Outs.of(_SHAPES[key])
+    declared = _declared(component, template)
+    if declared is not None and declared.complete:
+        return declared
     zeros = {x.path: np.zeros(x.value.shape, x.value.dtype) for x in leaves(template)}
     try:
         shapes = component.eval_shape(replace_leaves(template, zeros))
     except EndpointUnavailableError:
         if len(concrete) != len(zeros):
+            if declared is not None:
+                return declared
             raise ShapesUnknownError(
                 f"cannot tell the output shapes of component '{component.name}' while tracing: "
-                "its eval_shape needs apply. Declare its output shapes with named dimensions, "
-                "or call it once outside jit so the shapes are known"
+                "its eval_shape needs apply and its output schema leaves some shape free. Give "
+                "every output dimension a size or a name the inputs bind, or call it once "
+                "outside jit so the shapes are known"
             ) from None
         out = component.apply(replace_leaves(template, concrete))
         shapes = replace_leaves(
             out, {x.path: ShapeDtype(x.value.shape, x.value.dtype) for x in leaves(out)}
         )
     _SHAPES[key] = shapes
-    return shapes
+    return _Outs.of(shapes)
 
 
 def _spec(component: Component, template: Schema, concrete: dict[str, Any]) -> _Spec:
     key = (id(component), signature(template))
     spec = _SPECS.get(key)
     if spec is None:
-        shapes = _output_shapes(component, template, concrete)
-        ins, outs = leaves(template), leaves(shapes)
+        outs = _output_shapes(component, template, concrete)
+        ins = leaves(template)
         spec = _Spec(
             component,
             template,
             tuple(x.path for x in ins),
             tuple(x.spec.differentiable for x in ins),
-            shapes,
-            tuple(x.path for x in outs),
-            tuple(
-                jax.core.ShapedArray(tuple(x.value.shape), np.dtype(x.value.dtype)) for x in outs
-            ),
-            tuple(x.spec.differentiable for x in outs),
+            outs.template,
+            outs.paths,
+            outs.avals,
+            outs.diff,
             key,
         )
-        _SPECS[key] = spec
-        while len(_SPECS) > 1024:
-            _SPECS.popitem(last=False)
+        if outs.complete:  # else a later call with values may learn the static outputs
+            _SPECS[key] = spec
+            while len(_SPECS) > 1024:
+                _SPECS.popitem(last=False)
     return spec
 
 
@@ -169,12 +228,26 @@ def _prepare(component: Component, inputs: Any) -> tuple[Schema, list[Any]]:
     return replace_leaves(instance, cast), list(cast.values())
 
 
-def _results(spec: _Spec, values: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = dict(zip(spec.out_paths, values, strict=True))
-    from ._tree import static_values
+class _Outputs(dict[str, Any]):
+    """The outputs of a call traced without values: the static ones are not known."""
 
-    for path, value in static_values(spec.out_template):
-        out[path] = value
+    name: str = ""
+
+    def __missing__(self, key: str) -> Any:
+        raise ShapesUnknownError(
+            f"output '{key}' of component '{self.name}' is not known while tracing: its value "
+            "depends on running the component (its eval_shape needs apply). Call it once "
+            "outside jit so its static outputs are known, or read only its array outputs"
+        )
+
+
+def _results(spec: _Spec, values: Sequence[Any]) -> dict[str, Any]:
+    if spec.out_template is None:
+        partial = _Outputs(zip(spec.out_paths, values, strict=True))
+        partial.name = spec.component.name
+        return partial
+    out: dict[str, Any] = dict(zip(spec.out_paths, values, strict=True))
+    out.update(static_values(spec.out_template))
     return out
 
 
@@ -198,8 +271,6 @@ def _inline(component: Component, instance: Schema) -> dict[str, Any]:
         for x in leaves(out):
             value = output_value(x)
             result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
-        from ._tree import static_values
-
         result.update(dict(static_values(out)))
         return result
 

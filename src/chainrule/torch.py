@@ -8,12 +8,15 @@ Any other component (JAX, NumPy, remote, torch with written derivatives) crosses
 - `apply`   the outputs, by `apply(keep=True)`; the handle of the kept linearization is
             remembered for the derivative calls that follow;
 - `vjp`     Jᵀ·c, linear in c (`vjp` with the kept handle): the backward of `apply`;
-- `jvp`     J·t, linear in t (`jvp` with the kept handle): the forward-mode rule of `apply`.
+- `jvp`     J·t, linear in t (`jvp` with the kept handle): the forward-mode rule of `apply`;
+- `hvp`     H·v, H the Hessian of the outputs weighted by some cotangents (`hvp`): what the
+            derivatives of `jvp` and `vjp` with respect to their point add (second order,
+            `_torch_curvature`); components without an `hvp` endpoint refuse it.
 
 `jvp` and `vjp` are each other's backward, so one gradient costs one `apply` and one `vjp` per
 component, and `torch.func.jacrev`/`jacfwd` (vmap over cotangents/tangents alone) map onto the
-batched endpoints: one request per Jacobian. vmap over anything else loops over the batch.
-Second derivatives through a non-inline component are refused with an error saying why.
+batched endpoints: one request per Jacobian (per element under an outer vmap). vmap over
+anything else loops over the batch; a batch of size 0 calls nothing.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwad
 
+from . import _torch_curvature as curvature
 from ._backends import as_outputs
 from ._backends._torch import _DTYPES, to_torch
 from ._component import Component
-from ._errors import EndpointUnavailableError, NotDifferentiableError, ValidationError
+from ._errors import NotDifferentiableError, ValidationError
 from ._residuals import Handle
 from ._schema import Schema, passthrough
 from ._tree import Leaf, bind_dims, leaves, replace_leaves, static_values
 
 __all__ = ["call"]
 
-Kind = Literal["apply", "jvp", "vjp"]
+Kind = Literal["apply", "jvp", "vjp", "hvp"]
 
 
 @dataclass(eq=False)
@@ -46,6 +50,7 @@ class _Box:
     out_paths: tuple[str, ...] = ()
     out_diff: tuple[bool, ...] = ()
     out_dtypes: tuple[np.dtype, ...] = ()
+    out_shapes: tuple[tuple[int, ...], ...] = ()
     static: dict[str, Any] = field(default_factory=dict)
     handle: Handle | None = None
 
@@ -55,7 +60,9 @@ class _Op:
     """One host computation: which endpoint, on which leaves, over which batch levels.
 
     `wrt` and `of` index inputs and outputs; `levels` lists leading batch axes, outermost
-    first: "loop" (one call per element) or "batched" (one call to a batched endpoint).
+    first: "loop" (one call per element) or "batched" (one call to a batched endpoint). An
+    hvp takes the point, weights of the outputs `of` and a vector on the inputs `moved`, and
+    gives H·v on the inputs `wrt` (H the Hessian of the weighted sum of outputs).
     """
 
     component: Component
@@ -68,6 +75,7 @@ class _Op:
     of: tuple[int, ...] = ()
     levels: tuple[str, ...] = ()
     keep: bool = True  # keep the linearization (some input is being differentiated)
+    moved: tuple[int, ...] = ()
 
     def inputs(self, arrays: Sequence[np.ndarray]) -> Schema:
         return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
@@ -86,12 +94,38 @@ def _host_apply(op: _Op, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = comp.apply(op.inputs(arrays))
     else:
         out, box.handle = comp.apply(op.inputs(arrays), keep=True)
+    _learn(box, out)
+    return [np.asarray(x.value, x.spec.dtype) for x in leaves(out)]
+
+
+def _learn(box: _Box, out: Schema) -> None:
+    """What the outputs `out` (values or ShapeDtype leaves) tell about every call's outputs."""
     found = leaves(out)
     box.out_paths = tuple(x.path for x in found)
     box.out_diff = tuple(x.spec.differentiable for x in found)
     box.out_dtypes = tuple(x.spec.dtype for x in found)
+    box.out_shapes = tuple(tuple(x.value.shape) for x in found)
     box.static = dict(static_values(out))
-    return [np.asarray(x.value, x.spec.dtype) for x in found]
+
+
+def _empty(op: _Op, arrays: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """The results of a call over a batch level of size 0 (jacrev of a zero-size output,
+    vmap over nothing): zeros of the right shapes, without calling the component. None when
+    every level has elements."""
+    depth = len(op.levels)
+    carrier = arrays[op.n] if op.kind != "apply" and len(arrays) > op.n else arrays[0]
+    sizes = tuple(carrier.shape[:depth])
+    if 0 not in sizes:
+        return None
+    loops = sum(1 for level in op.levels if level == "loop")
+    if op.kind in ("vjp", "hvp"):
+        return [np.zeros(sizes + arrays[i].shape[loops:], arrays[i].dtype) for i in op.wrt]
+    box = op.box
+    if op.kind == "apply":  # nothing ran: the shapes come from eval_shape of one element
+        element = [np.zeros(a.shape[depth:], a.dtype) for a in arrays]
+        _learn(box, op.component.eval_shape(op.inputs(element)))
+        return [np.zeros(sizes + s, d) for s, d in zip(box.out_shapes, box.out_dtypes, strict=True)]
+    return [np.zeros(sizes + box.out_shapes[k], box.out_dtypes[k]) for k in op.of]
 
 
 def _host_linear(op: _Op, args: Sequence[np.ndarray], batched: bool) -> list[np.ndarray]:
@@ -104,8 +138,14 @@ def _host_linear(op: _Op, args: Sequence[np.ndarray], batched: bool) -> list[np.
         result = jvp(inputs, dict(zip(ins, given, strict=True)), of=outs, handle=box.handle)
         dtypes = [box.out_dtypes[i] for i in op.of]
         return [np.asarray(result[p], d) for p, d in zip(outs, dtypes, strict=True)]
-    vjp = comp.batched_vjp if batched else comp.vjp
-    result = vjp(inputs, dict(zip(outs, given, strict=True)), wrt=ins, handle=box.handle)
+    if op.kind == "hvp":
+        weights, vs = given[: len(op.of)], given[len(op.of) :]
+        moved = tuple(op.in_paths[i] for i in op.moved)
+        c = dict(zip(outs, weights, strict=True))
+        result = comp.hvp(inputs, dict(zip(moved, vs, strict=True)), cotangents=c, wrt=ins)
+    else:
+        vjp = comp.batched_vjp if batched else comp.vjp
+        result = vjp(inputs, dict(zip(outs, given, strict=True)), wrt=ins, handle=box.handle)
     return [np.asarray(result[p], args[i].dtype) for p, i in zip(ins, op.wrt, strict=True)]
 
 
@@ -140,7 +180,9 @@ class _Host(torch.autograd.Function):
     @staticmethod
     def forward(op: _Op, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         arrays = [_numpy(a) for a in args]
-        outs = _run_levels(lambda xs, b: _host(op, xs, b), op.levels, arrays)
+        outs = _empty(op, arrays) if op.levels else None
+        if outs is None:
+            outs = _run_levels(lambda xs, b: _host(op, xs, b), op.levels, arrays)
         device = args[0].device if args else torch.device("cpu")
         return tuple(to_torch(o).to(device) for o in outs)
 
@@ -161,9 +203,12 @@ class _Host(torch.autograd.Function):
         args = ctx.saved_tensors
         if op.kind == "apply":
             return (None, *_apply_vjp(op, args, cts, ctx.needs_input_grad[1:]))
-        if any(ctx.needs_input_grad[1 : 1 + op.n]):
-            _refuse_second_order(op, "backward")
-        return (None, *[None] * op.n, *_transpose(op, args[: op.n], cts))
+        needs = ctx.needs_input_grad[1:]
+        if op.kind == "hvp":
+            return (None, *curvature.hvp_backward(op, args, cts, needs, _bind))
+        linear = _transpose(op, args[: op.n], cts)
+        point = curvature.point_backward(op, args, cts, needs[: op.n], _bind)
+        return (None, *point, *linear)
 
     @staticmethod
     def jvp(ctx: Any, op_tangent: None, *tangents: torch.Tensor | None) -> Any:
@@ -171,30 +216,52 @@ class _Host(torch.autograd.Function):
         args = ctx.saved_tensors
         if op.kind == "apply":
             return tuple(_apply_jvp(op, args, tangents))
-        if any(t is not None for t in tangents[: op.n]):
-            _refuse_second_order(op, "forward-mode derivative")
-        # A linear map's own tangent is the map applied to the tangents of its linear part.
+        if op.kind == "hvp":
+            return tuple(curvature.hvp_jvp(op, args, tangents, _bind))
+        # A linear map's own tangent is the map applied to the tangents of its linear part,
+        # plus the curvature term when the point moves.
         given = tangents[op.n :]
         keep = tuple(k for k, t in enumerate(given) if t is not None)
         if op.kind == "jvp":
             new = replace(op, wrt=_sub(op.wrt, keep))
         else:
             new = replace(op, of=_sub(op.of, keep))
-        return tuple(_bind(new, args[: op.n], [given[k] for k in keep]))
+        linear = _bind(new, args[: op.n], [given[k] for k in keep])
+        for i, t in enumerate(tangents[: op.n]):
+            if t is not None and not op.in_diff[i]:
+                raise _not_differentiable(op.component, op.in_paths[i], "carries a tangent")
+        curved = curvature.point_jvp(op, args, tangents[: op.n], _bind)
+        return tuple(curvature.add(a, b) for a, b in zip(linear, curved, strict=True))
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], op: _Op, *args: torch.Tensor) -> Any:
         dims, size = in_dims[1:], info.batch_size
-        primal_dims = dims if op.kind == "apply" else dims[: op.n]
-        if op.kind != "apply" and not op.levels and all(d is None for d in primal_dims):
-            # Only tangents or cotangents are batched: one call to a batched endpoint.
-            n = op.n
-            lin = [_move(a, d, size) for a, d in zip(args[n:], dims[n:], strict=True)]
-            moved, level = [*args[:n], *lin], "batched"
-        else:
-            moved, level = [_move(a, d, size) for a, d in zip(args, dims, strict=True)], "loop"
-        outs = _Host.apply(replace(op, levels=(level, *op.levels)), *moved)
+        if op.kind in ("jvp", "vjp") and all(d is None for d in dims[: op.n]):
+            return _batched(op, size, args, dims)
+        moved = [_move(a, d, size) for a, d in zip(args, dims, strict=True)]
+        outs = _Host.apply(replace(op, levels=("loop", *op.levels)), *moved)
         return outs, (0,) * len(outs)
+
+
+def _batched(op: _Op, size: int, args: Sequence[torch.Tensor], dims: Sequence[Any]) -> Any:
+    """vmap over tangents or cotangents alone: one call to a batched endpoint per element of
+    the loops around it. The new axis goes after the loop axes, merged with a batched axis
+    already there (vmap of jacrev: size·B rows in one call)."""
+    depth = curvature.loop_depth(op.levels)
+    inner = 1
+    linear = []
+    for a, d in zip(args[op.n :], dims[op.n :], strict=True):
+        x = curvature.repeat_at(a, depth, size) if d is None else a.movedim(d, depth)
+        if depth == len(op.levels):
+            x = x.unsqueeze(depth + 1)
+        inner = x.shape[depth + 1]
+        linear.append(x.reshape(*x.shape[:depth], size * inner, *x.shape[depth + 2 :]))
+    new = replace(op, levels=(*op.levels[:depth], "batched"))
+    outs = _Host.apply(new, *args[: op.n], *linear)
+    split = [o.reshape(*o.shape[:depth], size, inner, *o.shape[depth + 1 :]) for o in outs]
+    if depth == len(op.levels):
+        split = [o.squeeze(depth + 1) for o in split]
+    return tuple(split), (depth,) * len(split)
 
 
 def _sub(indices: tuple[int, ...], keep: Sequence[int]) -> tuple[int, ...]:
@@ -241,7 +308,7 @@ def _transpose(op: _Op, primals: Sequence[torch.Tensor], cts: Sequence[Any]) -> 
 def _bind(op: _Op, primals: Sequence[Any], linear: Sequence[Any]) -> list[Any]:
     """Run linear `op` (None results when it maps nothing to something)."""
     results = op.of if op.kind == "jvp" else op.wrt
-    if not op.wrt or not op.of:
+    if not op.wrt or not op.of or (op.kind == "hvp" and not op.moved):
         return [None] * len(results)
     return list(_Host.apply(op, *primals, *linear))
 
@@ -250,16 +317,6 @@ def _move(x: torch.Tensor, d: int | None, size: int) -> torch.Tensor:
     if d is None:
         return x.expand(size, *x.shape)
     return x.movedim(d, 0)
-
-
-def _refuse_second_order(op: _Op, what: str) -> None:
-    raise EndpointUnavailableError(
-        f"{what} of a derivative of component '{op.component.name}' "
-        f"({op.component.backend.name} backend) through chainrule.torch.call: second "
-        "derivatives are supported only for in-process torch components without written "
-        "derivatives (called directly); differentiate once, or use chainrule.jax.call, which "
-        "reaches the component's hvp endpoint"
-    )
 
 
 def _not_differentiable(component: Component, path: str, how: str) -> NotDifferentiableError:
@@ -308,13 +365,17 @@ def _prepare(component: Component, inputs: Any) -> tuple[Schema, dict[str, torch
     return instance, tensors
 
 
-def _derivative(t: torch.Tensor) -> str:
-    """How `t` is being differentiated ("" if it is not)."""
+def _derivative(t: torch.Tensor, unknown: str = "") -> str:
+    """How `t` is being differentiated ("" if it is not, `unknown` if torch cannot tell)."""
     if t.requires_grad and torch.is_grad_enabled():
         return "requires grad"
-    if t.is_floating_point() and fwad.unpack_dual(t).tangent is not None:
-        return "carries a forward-mode tangent"
-    return ""
+    if not t.is_floating_point():
+        return ""
+    try:
+        tangent = fwad.unpack_dual(t).tangent
+    except RuntimeError:  # vmapped under torch.func.jvp: unpack_dual has no batching rule
+        return unknown
+    return "carries a forward-mode tangent" if tangent is not None else ""
 
 
 def _fail(cls: type[ValidationError], what: str) -> Callable[..., Exception]:
@@ -371,7 +432,9 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
     box = _Box()
     paths = tuple(tensors)
     diff = tuple(x.spec.differentiable for x in leaves(instance))
-    keep = any(_derivative(t) for t, d in zip(tensors.values(), diff, strict=True) if d)
+    # Keep the linearization when an input may be differentiated (a refused tangent on an
+    # input torch could not inspect here is refused by the forward-mode rule instead).
+    keep = any(_derivative(t, "maybe") for t, d in zip(tensors.values(), diff, strict=True) if d)
     op = _Op(component, instance, paths, diff, box, keep=keep)
     outs = _Host.apply(op, *tensors.values())
     result: dict[str, Any] = dict(zip(box.out_paths, outs, strict=True))

@@ -93,7 +93,7 @@ class _Programs:
         )
         self.batched_backward = jax.jit(jax.vmap(self.backward, in_axes=(None, 0)))
         self.batched_jvp_kept = jax.jit(jax.vmap(self._jvp_kept, in_axes=(None, 0)))
-        self.hvp = jax.jit(self._hvp, static_argnames=("of", "wrt"))
+        self.hvp = jax.jit(self._hvp, static_argnames="wrt")
 
     def _restricted(self, d: Tree, c: Tree, keys: tuple[str, ...]) -> Callable[[Tree], Tree]:
         return lambda s: self.f({**d, **s}, c)[0]
@@ -119,9 +119,15 @@ class _Programs:
         g = lambda s: _pick(self.f({**d, **s}, c)[0], of)  # noqa: E731
         return (jax.jacfwd if forward else jax.jacrev)(g)(_pick(d, wrt))
 
-    def _hvp(self, d: Tree, c: Tree, t: Tree, of: str, wrt: tuple[str, ...]) -> Tree:
+    def _hvp(self, d: Tree, c: Tree, t: Tree, ct: Tree, wrt: tuple[str, ...]) -> Tree:
+        # The Hessian of Σ⟨ct_o, y_o⟩ along t: forward over reverse, as jax.hessian does.
+        def weighted(s: Tree) -> jax.Array:
+            out = self.f({**d, **s}, c)[0]
+            terms = [jnp.sum(ct[o] * out[o]) for o in ct]
+            return sum(terms[1:], terms[0])
+
         keys = tuple(self.in_avals)
-        grad = jax.grad(lambda s: self.f({**d, **s}, c)[0][of].reshape(()))
+        grad = jax.grad(weighted)
         return _pick(jax.jvp(grad, (_pick(d, keys),), (_fill(t, self.in_avals),))[1], wrt)
 
 
@@ -245,9 +251,16 @@ class JaxBackend(Backend):
         return progs.jacobian(d, c, wrt=wrt, of=of, forward=n_in < n_out)
 
     def hvp(
-        self, p: Point, res: Residual | None, tangents: Tree, of: str, wrt: tuple[str, ...]
+        self,
+        p: Point,
+        res: Residual | None,
+        tangents: Tree,
+        cotangents: Tree,
+        wrt: tuple[str, ...],
     ) -> Tree:
-        return self.programs(p).hvp(*self._split(p), tangents, of=of, wrt=wrt)
+        if not cotangents:  # no output weighted: the Hessian of zero
+            return {w: np.zeros_like(p.values[w]) for w in wrt}
+        return self.programs(p).hvp(*self._split(p), tangents, cotangents, wrt=wrt)
 
 
 BACKEND = JaxBackend

@@ -1,7 +1,14 @@
-"""The `torch` backend: every endpoint by a `torch.func` transform.
+"""The `torch` backend: every endpoint by reverse-mode autograd.
 
 Arrays cross as `torch.from_numpy` views (no copy); `eval_shape` runs the function on meta
 tensors, which carry shapes and dtypes but no data.
+
+No endpoint uses forward-mode AD (`torch.func.jvp`/`jacfwd`, `torch.autograd.forward_ad`):
+its dual levels are process-global, so two threads computing jvps at once (a server's
+workers) corrupt each other's answers, and a caller inside `forward_ad.dual_level` could not
+call an endpoint at all. J·t is the derivative of the linear map c ↦ Jᵀ·c instead (double
+backward, `_Graph.jvp`), and H·t the gradient of ⟨∇, t⟩ (reverse over reverse): plain
+grad mode, batched gradients and the autograd engine keep their state per thread.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.func as tf
 
+from .._endpoints import _jacobian_from_batched_jvp, _jacobian_from_batched_vjp
 from .._errors import EndpointUnavailableError
 from .._residuals import Residual
 from .._schema import ShapeDtype, passthrough
@@ -71,10 +78,6 @@ def _numpy(tree: Tree) -> Tree:
 
 def _pick(tree: Tree, keys: tuple[str, ...]) -> Tree:
     return {k: tree[k] for k in keys}
-
-
-def _fill(given: Tree, like: Tree) -> Tree:
-    return {k: given[k].to(v.dtype) if k in given else torch.zeros_like(v) for k, v in like.items()}
 
 
 class _Graph:
@@ -177,11 +180,38 @@ class _Graph:
         }
 
 
+def _weighted(values: dict[str, torch.Tensor | None], weights: Tree) -> torch.Tensor | None:
+    """Σ⟨weights[k], values[k]⟩ over the values that depend on the graph's inputs (None if
+    none does)."""
+    terms = [
+        (v * weights[k].to(v.dtype)).sum()
+        for k, v in values.items()
+        if k in weights and v is not None and v.requires_grad
+    ]
+    return torch.stack(terms).sum() if terms else None
+
+
+def _zero_blocks(out: torch.Tensor, p: Point, wrt: tuple[str, ...]) -> Tree:
+    dtype = _NP_DTYPES[out.dtype]
+    return {w: np.zeros((*out.shape, *np.shape(p.values[w])), dtype) for w in wrt}
+
+
+class _GraphPoint:
+    """What the Jacobian derivations of `_endpoints` need of a point, from a recorded graph."""
+
+    def __init__(self, values: Any, graph: _Graph) -> None:
+        self.values, self.graph = values, graph
+
+    def out_shapes(self, paths: tuple[str, ...], residual: Any) -> dict[str, tuple[int, ...]]:
+        return {o: tuple(self.graph.outputs[o].shape) for o in paths}
+
+
 class TorchBackend(Backend):
-    """`torch.func` transforms of the author's function (jvp, vjp, jacrev, vmap)."""
+    """Reverse-mode autograd of the author's function: vjp, jvp by double backward, Jacobians
+    by one batched pass, hvp by reverse over reverse."""
 
     name = "torch"
-    provenance = "native (torch.func)"
+    provenance = "native (torch autograd)"
     cost = 1.0
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
     eval_shape_provenance = "native (torch meta tensors)"
@@ -206,13 +236,6 @@ class TorchBackend(Backend):
     def _split(self, p: Point) -> tuple[Tree, Tree]:
         d = {k: to_torch(p.values[k]) for k in p.diff}
         return d, {k: to_torch(v) for k, v in p.values.items() if k not in d}
-
-    def _diff_fn(self, p: Point, keys: tuple[str, ...] | None = None) -> tuple[Callable, Tree]:
-        d, c = self._split(p)
-        keys = tuple(d) if keys is None else keys
-        rest = {**c, **{k: v for k, v in d.items() if k not in keys}}
-        f = self._f(p, rest, {})
-        return (lambda s: f(s)[0]), _pick(d, keys)
 
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
         d, c = self._split(p)
@@ -247,19 +270,19 @@ class TorchBackend(Backend):
         }
         return replace_leaves(box["template"], shapes)
 
-    def _graph(self, p: Point, res: Residual | None) -> _Graph:
-        """The kept autograd graph, or a new forward pass recording one."""
+    def _graph(self, p: Point, res: Residual | None, keys: tuple[str, ...] | None = None) -> _Graph:
+        """The kept autograd graph, or a new forward pass recording one (with respect to the
+        differentiable inputs `keys`, all by default)."""
         if res is not None and isinstance(res.data, _Graph):
             return res.data
         d, c = self._split(p)
-        return _Graph.record(self._f(p, c, {}), d)
+        keys = tuple(d) if keys is None else keys
+        rest = {**c, **{k: v for k, v in d.items() if k not in keys}}
+        return _Graph.record(self._f(p, rest, {}), _pick(d, keys))
 
     def jvp(self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]) -> Tree:
         t = {k: to_torch(v) for k, v in tangents.items()}
-        if res is not None or not t:  # no tangent: the graph answers zeros (torch.func cannot)
-            return self._graph(p, res).jvp(t, of)
-        g, primals = self._diff_fn(p, tuple(t))
-        return _pick(tf.jvp(g, (primals,), (t,))[1], of)
+        return self._graph(p, res, tuple(t)).jvp(t, of)
 
     def vjp(self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]) -> Tree:
         ct = {k: to_torch(v) for k, v in cotangents.items()}
@@ -269,10 +292,7 @@ class TorchBackend(Backend):
         self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]
     ) -> Tree:
         t = {k: to_torch(v) for k, v in tangents.items()}
-        if res is not None:
-            return self._graph(p, res).jvp(t, of, batched=True)
-        g, primals = self._diff_fn(p, tuple(t))
-        return _pick(tf.vmap(lambda u: tf.jvp(g, (primals,), (u,))[1])(t), of)
+        return self._graph(p, res, tuple(t)).jvp(t, of, batched=True)
 
     def batched_vjp(
         self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]
@@ -283,21 +303,54 @@ class TorchBackend(Backend):
     def jacobian(
         self, p: Point, res: Residual | None, wrt: tuple[str, ...], of: tuple[str, ...]
     ) -> Tree:
-        g, primals = self._diff_fn(p, wrt)
-        n_in = sum(v.numel() for v in primals.values())
-        with torch.no_grad():
-            n_out = sum(v.numel() for k, v in g(primals).items() if k in of)
-        jac = tf.jacfwd if n_in < n_out else tf.jacrev
-        result: Tree = jac(lambda s: _pick(g(s), of))(primals)
-        return result
+        graph = self._graph(p, res, wrt)
+        n_in = sum(int(np.size(p.values[w])) for w in wrt)
+        n_out = sum(graph.outputs[o].numel() for o in of)
+        if not n_in or not n_out:  # an empty Jacobian: no batch of zero rows to run
+            return {o: _zero_blocks(graph.outputs[o], p, wrt) for o in of}
+        at = _GraphPoint(p.values, graph)
+        if n_in < n_out:  # by columns: one batched jvp over the inputs' basis
+            cols = _jacobian_from_batched_jvp(
+                lambda _p, _r, tangents, of: graph.jvp(
+                    {k: to_torch(v) for k, v in tangents.items()}, of, batched=True
+                )
+            )
+            result: Tree = cols(at, None, wrt=wrt, of=of)
+            return result
+        rows = _jacobian_from_batched_vjp(
+            lambda _p, _r, cotangents, wrt: graph.vjp(
+                {k: to_torch(v) for k, v in cotangents.items()}, wrt, batched=True
+            )
+        )
+        found: Tree = rows(at, None, wrt=wrt, of=of)
+        return found
 
     def hvp(
-        self, p: Point, res: Residual | None, tangents: Tree, of: str, wrt: tuple[str, ...]
+        self,
+        p: Point,
+        res: Residual | None,
+        tangents: Tree,
+        cotangents: Tree,
+        wrt: tuple[str, ...],
     ) -> Tree:
-        g, primals = self._diff_fn(p)
-        t = _fill({k: to_torch(v) for k, v in tangents.items()}, primals)
-        grad = tf.grad(lambda s: g(s)[of].reshape(()))
-        return _pick(tf.jvp(grad, (primals,), (t,))[1], wrt)
+        # Reverse over reverse: H·t = ∇⟨∇(Σ⟨c_o, y_o⟩), t⟩.
+        graph = self._graph(p, None)
+        xs, t = graph.inputs, {k: to_torch(v) for k, v in tangents.items()}
+        found: Sequence[torch.Tensor | None] = [None] * len(wrt)
+        with torch.enable_grad():
+            weighted = _weighted(graph.outputs, {k: to_torch(v) for k, v in cotangents.items()})
+            moved = [k for k in t if k in xs]
+            if weighted is not None and moved:
+                grads = torch.autograd.grad(
+                    weighted, [xs[k] for k in moved], create_graph=True, allow_unused=True
+                )
+                dot = _weighted(dict(zip(moved, grads, strict=True)), t)
+                if dot is not None:
+                    found = torch.autograd.grad(dot, [xs[w] for w in wrt], allow_unused=True)
+        return {
+            w: torch.zeros_like(xs[w]) if h is None else h.detach()
+            for w, h in zip(wrt, found, strict=True)
+        }
 
 
 class HostLane:
