@@ -232,14 +232,17 @@ def env_hash(spec: ComponentSpec) -> str:
 
     Returns:
         16 hex digits over (layout, python version, sorted requirements, chainrule's
-        pyproject.toml): the same requirements in any order share one environment.
+        checkout and its pyproject.toml): the same requirements in any order share one
+        environment. The checkout is part of the key because the environment installs
+        chainrule editable from it: two checkouts must not run each other's code.
     """
-    pyproject = (chainrule_root() / "pyproject.toml").read_text(encoding="utf-8")
+    root = chainrule_root()
     key = {
         "layout": _LAYOUT,
         "python": spec.python_version,
         "requirements": sorted(r.strip() for r in spec.requirements),
-        "chainrule": pyproject,
+        "chainrule": (root / "pyproject.toml").read_text(encoding="utf-8"),
+        "checkout": str(root),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
