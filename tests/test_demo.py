@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch  # noqa: F401 (a required test dependency)
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 BANDS = Path(__file__).parents[1] / "examples" / "bands"
 
 

@@ -40,6 +40,10 @@ import torch
 import chainrule as cr
 import chainrule.jax as crj
 
+# This program computes in float64 (its components declare Float64 fields): JAX's 64-bit
+# mode is the program's choice to make, and it is made here.
+jax.config.update("jax_enable_x64", True)
+
 H, D = 20.0, 10.0  # total lateral offset, width of each band
 SPEEDS = (0.7, 0.3, 0.45)
 EXPECTED = {"x1": 11.17307, "x2": 3.36991, "t": 81.911688}  # DESIGN.md

@@ -20,7 +20,16 @@ import numpy as np
 from jax.interpreters import ad, batching
 
 from ._errors import EndpointUnavailableError, NotDifferentiableError
-from ._jax_primitives import Prim, _batched_avals, _Spec, call_p, hvp_p, jvp_p, vjp_p
+from ._jax_primitives import (
+    TOKEN_DTYPE,
+    Prim,
+    _batched_avals,
+    _Spec,
+    call_p,
+    hvp_p,
+    jvp_p,
+    vjp_p,
+)
 
 _NOT_MAPPED = None  # how vmap marks an unbatched argument
 
@@ -82,7 +91,7 @@ def _call_jvp(
             tangents_out[i] = d
     if keep:
         values.append(token)
-        tangents_out.append(_tangent_zero(jax.core.ShapedArray((), np.dtype(np.int64))))
+        tangents_out.append(_tangent_zero(jax.core.ShapedArray((), TOKEN_DTYPE)))
     return values, tangents_out
 
 

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import jax as _crj  # noqa: F401  (importing it turns on jax_enable_x64, as components do)
 from ._component import Component
 from ._errors import ValidationError
 from ._history import (
@@ -239,6 +238,7 @@ def _describe(tree: Any) -> str:
 # ---- the entry point ---------------------------------------------------------------------------
 
 
+@jax.enable_x64(True)  # for each call, in the calling thread; the process's config is untouched
 def optimize(
     objective: Callable[[Any], Any],
     x0: Any,
@@ -308,6 +308,11 @@ def optimize(
             `checkpoint_every` steps and when the run ends or fails, for `resume=`.
         checkpoint_every: steps between checkpoints.
 
+    The run computes with JAX's 64-bit mode on in the calling thread, whatever the process's
+    setting (which it leaves as it was), so float64 components and float64 parameters compute
+    in float64. The parameters keep x0's dtype: NumPy arrays and Python floats are float64;
+    pass float32 arrays for a float32 run.
+
     Returns:
         An `OptimizeResult` (`x`, `fun`, `grad_norm`, `history`, `steps`, `success`, `message`,
         `method`, `runs`).
@@ -320,7 +325,7 @@ def optimize(
         def rosenbrock(x):
             return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
-        result = chainrule.optimize(rosenbrock, jnp.zeros(5), method="L-BFGS-B")
+        result = chainrule.optimize(rosenbrock, np.zeros(5), method="L-BFGS-B")
         print(result.x, result.history.objective[-1])
         ```
     """

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_rules  # noqa: F401  (registers the derivative and vmap rules with JAX)
-from ._backends._jax import JaxBackend, output_value
+from ._backends._jax import JaxBackend, check_x64, needs_x64, output_value
 from ._component import Component
 from ._errors import (
     EndpointUnavailableError,
@@ -157,6 +157,7 @@ def _prepare(component: Component, inputs: Any) -> tuple[Schema, list[Any]]:
     instance = component.traced_inputs(inputs, "chainrule.jax.call")
     cast = {}
     for leaf in leaves(instance):
+        check_x64(component.name, "input", leaf.path, leaf.spec.dtype, str(leaf.spec))
         value = jnp.asarray(leaf.value)
         if value.dtype != leaf.spec.dtype:
             if not jnp.can_cast(value.dtype, leaf.spec.dtype, "same_kind"):
@@ -196,6 +197,7 @@ def _inline(component: Component, instance: Schema) -> dict[str, Any]:
         out = as_outputs(raw, component.outputs, component.name)
         result: dict[str, Any] = {}
         for x in leaves(out):
+            check_x64(component.name, "output", x.path, x.spec.dtype, str(x.spec))
             value = output_value(x)
             result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
         from ._tree import static_values
@@ -260,5 +262,8 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
     }
     template = replace_leaves(instance, shapes)
     spec = _spec(component, template, concrete)
+    if any(needs_x64(aval.dtype) for aval in spec.out_avals):
+        for leaf in leaves(spec.out_template):
+            check_x64(component.name, "output", leaf.path, leaf.value.dtype, str(leaf.spec))
     outs = call_p.bind(*values, spec=spec, keep=False, levels=(), sizes=())
     return _results(spec, outs)

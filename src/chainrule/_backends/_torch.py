@@ -177,6 +177,11 @@ class _Graph:
         }
 
 
+def _declared(computed: np.dtype, declared: np.dtype) -> np.dtype:
+    """The dtype of an output leaf: its declared one for floats (apply casts to it)."""
+    return declared if declared.kind in "fc" else computed
+
+
 class TorchBackend(Backend):
     """`torch.func` transforms of the author's function (jvp, vjp, jacrev, vmap)."""
 
@@ -242,8 +247,11 @@ class TorchBackend(Backend):
                 f"({type(e).__name__}: {e}); create tensors with device=x.device and avoid "
                 ".item()/.numpy() in apply, or call apply"
             ) from e
+        # A float output is the dtype its schema declares (apply casts it so), not torch's.
+        specs = {leaf.path: leaf.spec for leaf in leaves(box["template"])}
         shapes = {
-            k: ShapeDtype(tuple(v.shape), _NP_DTYPES[v.dtype]) for k, v in {**dout, **nd}.items()
+            k: ShapeDtype(tuple(v.shape), _declared(_NP_DTYPES[v.dtype], specs[k].dtype))
+            for k, v in {**dout, **nd}.items()
         }
         return replace_leaves(box["template"], shapes)
 
