@@ -217,8 +217,8 @@ def _load_resume(resume: Any, x0: Any) -> History | None:
         history = resume
     else:
         history = History.load(resume, like=x0)
-    if history is not None and history.params:
-        want, got = _describe(_as_params(x0)), _describe(history.params[-1])
+    if history is not None and history.x:
+        want, got = _describe(_as_params(x0)), _describe(history.x[-1])
         if want != got:
             raise ValidationError(
                 f"resume: the saved parameters are {got}, x0 is {want}; pass the x0 of the "
@@ -388,8 +388,8 @@ def _single(
     problem = setup.problem
     x = _as_params(x0)
     history = History(problem.method)
-    if resume is not None and resume.params:
-        x = _as_params(resume.params[-1])
+    if resume is not None and resume.x:
+        x = _as_params(resume.x[-1])
         history = resume.head(len(resume) - 1)  # its last entry is evaluated again here
         history.method = problem.method
     rec = Recorder(
@@ -421,7 +421,7 @@ def _drive(setup: _Setup, x: Any, resume: History | None, rec: Recorder, start: 
 
 def _result(history: History, message: str, success: bool) -> OptimizeResult:
     return OptimizeResult(
-        x=history.params[-1],
+        x=history.x[-1],
         fun=history.objective[-1],
         grad_norm=history.grad_norm[-1],
         history=history,
