@@ -210,7 +210,7 @@ def call(
 ) -> None:
     """Call one endpoint with a JSON body; print the JSON answer (arrays as lists).
 
-    A server that is not there fails the call at once (no reconnection attempts).
+    A server that is not there fails the call at once (one quick retry, no waiting for it).
     """
     from . import _wire
     from ._client import Connection
