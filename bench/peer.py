@@ -50,6 +50,8 @@ import numpy as np
 import chainrule as cr
 import chainrule.jax as crj
 
+jax.config.update("jax_enable_x64", True)  # the benchmarks compute in float64
+
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "peer"
 GRAD_N = 100  # elements of the jit(grad) pipeline's vector

@@ -26,6 +26,8 @@ import numpy as np
 import chainrule as cr
 import chainrule.jax as crj
 
+jax.config.update("jax_enable_x64", True)  # the benchmarks compute in float64
+
 N = 100
 
 

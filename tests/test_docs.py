@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -163,6 +163,20 @@ def test_hash_ignores_requirement_order_and_changes_with_content() -> None:
     assert len(a) == 16
 
 
+def test_hash_differs_between_checkouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment installs chainrule editable from one checkout: another checkout with the
+    same pyproject.toml must not reuse it (it would run the first checkout's code)."""
+    from chainrule import _env
+
+    spec = _spec(requirements=["numpy"])
+    here = env_hash(spec)
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    (other / "pyproject.toml").write_bytes((chainrule_root() / "pyproject.toml").read_bytes())
+    monkeypatch.setattr(_env, "chainrule_root", lambda: other)
+    assert env_hash(spec) != here
+
+
 def test_hash_is_stable_across_processes() -> None:
     code = (
         "from chainrule._env import parse_spec, env_hash;"

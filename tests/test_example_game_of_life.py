@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 ROOT = Path(__file__).parents[1]
 # Established on 8×8, k=1, 300 iterations, 16 restarts: seeds 0-4 all reach 100%; the margin
 # is for other BLAS builds. An all-dead board would already match 93.8%, so the test also

@@ -12,6 +12,8 @@ import jax  # noqa: F401 (a required test dependency)
 import pytest
 import scipy  # noqa: F401 (a required test dependency)
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 EXAMPLE = Path(__file__).parents[1] / "examples" / "legacy" / "compare.py"
 
 

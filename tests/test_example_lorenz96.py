@@ -10,6 +10,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 L96 = Path(__file__).parents[1] / "examples" / "lorenz96"
 
 

@@ -15,6 +15,8 @@ import pytest
 import scipy.optimize as scipy_optimize
 import torch  # noqa: F401 (a required test dependency)
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 EXAMPLE = Path(__file__).parents[1] / "examples" / "terrain_n" / "optimize.py"
 
 
@@ -62,7 +64,7 @@ def test_main_prints_table_and_saves_plots(
     out = capsys.readouterr().out
     assert "Snell's law" in out and "holds in every band" in out
     t = re.search(r"^t = (\S+)", out, flags=re.M)
-    assert t and abs(float(t.group(1)) - 81.911688) < 1e-6  # DESIGN.md's three-band optimum
+    assert t and abs(float(t.group(1)) - 81.911688) < 1e-6  # docs/design.md's three-band optimum
     for band in ("band1  jax", "band2  torch", "band3  numpy"):
         assert band in out
     for name in ("objective", "pipeline", "paths", "landscape"):

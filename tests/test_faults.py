@@ -52,6 +52,7 @@ def _descend(square: cr.Component, steps: int, on_step: Any = None) -> np.ndarra
     return np.asarray(x)
 
 
+@pytest.mark.usefixtures("x64")  # a JAX program in float64
 @pytest.mark.slow
 def test_a_server_killed_mid_optimization_is_restarted_and_the_answer_is_unchanged(
     tmp_path_factory: pytest.TempPathFactory,
@@ -105,6 +106,7 @@ def test_a_hung_component_hits_the_client_timeout_and_the_server_keeps_serving()
         release.set()
 
 
+@pytest.mark.usefixtures("x64")  # a JAX program in float64
 def test_a_raising_component_returns_its_message_and_keeps_serving() -> None:
     def fragile(inputs: In) -> Out:
         if inputs.x[0] < 0:

@@ -56,12 +56,14 @@ def _pipeline(shift: cr.Component, root: cr.Component) -> Any:
     return loss
 
 
+@pytest.mark.usefixtures("x64")  # a JAX program in float64
 def test_off_by_default_nan_flows_silently() -> None:
     loss = _pipeline(_shift(), _sqrt())
     assert not cr._finite.active()
     assert np.isnan(jax.jit(loss)(jnp.array([0.5, 2.0])))
 
 
+@pytest.mark.usefixtures("x64")  # a JAX program in float64
 def test_names_the_component_and_output_where_nan_first_appears() -> None:
     shift, root = _shift(), _sqrt()
     loss = _pipeline(shift, root)
@@ -78,6 +80,7 @@ def test_names_the_component_and_output_where_nan_first_appears() -> None:
     assert np.isnan(value)
 
 
+@pytest.mark.usefixtures("x64")  # a JAX program in float64
 def test_a_gradient_that_blows_up_is_named_with_its_endpoint() -> None:
     root = _sqrt()
     loss = lambda x: jnp.sum(crj.call(root, {"x": x})["y"])  # noqa: E731

@@ -23,6 +23,8 @@ import chainrule as cr
 import chainrule.jax as crj
 from cases import CASES, build
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 KINDS = ["jax", "torch", "numpy", "written", "remote"]
 SCALE = 1.5
 
@@ -65,8 +67,8 @@ def loss(outputs: dict[str, Any]) -> jax.Array:
     return jnp.sum(outputs["y"] ** 2) + 0.5 * outputs["s"]
 
 
-X = jnp.array([0.3, -0.7, 1.2])
-T = jnp.array([1.0, 0.5, -2.0])
+X = np.array([0.3, -0.7, 1.2])  # float64 (JAX turns it float32 in 32-bit mode)
+T = np.array([1.0, 0.5, -2.0])
 
 
 def test_value_and_grad_under_jit(kind: tuple[str, cr.Component]) -> None:

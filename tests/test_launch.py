@@ -1,18 +1,23 @@
-"""Managed component servers: start, health, stop, supervision, start-up failures.
+"""Managed component servers: start, health, stop, supervision, start-up failures, and no
+server outliving the process that launched it.
 
-These tests run `tests/fixtures/standin/server.py` (a stdlib stand-in for `chainrule serve`)
-through `launch(..., _command=...)`, so no environment is built; the last test launches real
-component folders once `chainrule serve` and `chainrule.connect` exist.
+Most tests run `tests/fixtures/standin/server.py` (a stdlib stand-in for `chainrule serve`)
+through `launch(..., _command=...)`, so no environment is built; the lifetime tests run the
+real `chainrule serve` in this environment the same way (`here(...)`); the slow tests launch
+real component folders in their own environments.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +59,19 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
 def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Launches without a cache_dir register their servers here, not in ~/.cache."""
     monkeypatch.setenv("CHAINRULE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def here(folder: Path, workers: int = 1) -> Callable[[str, int], list[str]]:
+    """The command factory of the real `chainrule serve` of `folder`, in this environment."""
+    return functools.partial(
+        server_command, Path(sys.executable), folder, load_spec(folder), workers=workers
+    )
+
+
+@pytest.fixture(scope="module")
+def launch_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One environment cache for the tests that build real environments (each built once)."""
+    return tmp_path_factory.mktemp("launch-envs")
 
 
 @pytest.fixture
@@ -182,11 +200,159 @@ def test_servers_are_stopped_at_interpreter_exit(tmp_path: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody reaps yet does not run)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+# ---- no server outlives its parent --------------------------------------------------------------
+
+_PARENT = """
+import functools, os, sys, time
+from pathlib import Path
+from chainrule._env import load_spec
+from chainrule._launch import launch, server_command
+folder = Path({folder!r})
+command = functools.partial(
+    server_command, Path(sys.executable), folder, load_spec(folder), workers={workers}
+)
+launched = launch(folder, _command=command, startup_timeout=60)
+print(launched.process.pid, flush=True)
+{ending}
+"""
+
+
+def _parent_process(script: str) -> tuple[subprocess.Popen[str], int]:
+    """Start a parent script that launches a server and prints its pid; (parent, server pid)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    if not line.strip():
+        parent.kill()
+        raise AssertionError(f"the parent script failed: {parent.communicate()[1]}")
+    return parent, int(line)
+
+
+@pytest.mark.parametrize(
+    ("ending", "workers"),
+    [("exit", 1), ("SIGTERM", 1), ("SIGKILL", 1), ("SIGTERM", 2), ("SIGKILL", 2)],
+)
+def test_no_server_outlives_its_parent(ending: str, workers: int) -> None:
+    """However the launching process ends, its server (and the server's workers) end too."""
+    wait = "" if ending == "exit" else "sys.stdin.read()"  # the test signals it meanwhile
+    script = _PARENT.format(folder=str(FIXTURES / "numpy2"), workers=workers, ending=wait)
+    parent, server_pid = _parent_process(script)
+    tree = {server_pid}
+    try:
+        # --workers N: uvicorn's N processes (and multiprocessing's resource tracker).
+        assert wait_for(lambda: len(_descendants(server_pid)) >= (workers if workers > 1 else 0))
+        tree |= _descendants(server_pid)
+        if ending != "exit":
+            parent.send_signal(getattr(signal, ending))
+        parent.wait(timeout=60)
+        assert wait_for(lambda: not any(_pid_alive(p) for p in tree), timeout=20), (
+            f"still running after the parent ended ({ending}): "
+            f"{sorted(p for p in tree if _pid_alive(p))}"
+        )
+    finally:
+        parent.kill()
+        parent.communicate()
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_end_with_their_killed_server() -> None:
+    """`--workers N` processes end when the server process over them is SIGKILLed."""
+    launched = launch(FIXTURES / "numpy2", _command=here(FIXTURES / "numpy2", 2), restart=False)
+    try:
+        assert launched.process is not None
+        master = launched.process.pid
+        assert wait_for(lambda: len(_descendants(master)) >= 2)
+        workers = _descendants(master)
+        os.kill(master, signal.SIGKILL)  # the server alone, not its process group
+        assert wait_for(lambda: not any(_pid_alive(p) for p in workers), timeout=20)
+    finally:
+        launched.stop()
+
+
+@pytest.mark.slow
+def test_a_launched_folder_ends_with_its_killed_parent(launch_cache: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from chainrule._launch import launch
+        launched = launch({str(FIXTURES / "numpy2")!r}, cache_dir={str(launch_cache)!r}, quiet=True)
+        print(launched.process.pid, flush=True)
+        sys.stdin.read()
+        """
+    )
+    parent, server_pid = _parent_process(script)
+    try:
+        parent.kill()
+        parent.wait(timeout=60)
+        assert wait_for(lambda: not _pid_alive(server_pid), timeout=20)
+    finally:
+        parent.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_a_server_launched_from_a_short_lived_thread_outlives_the_thread() -> None:
+    """The server watches the launching *process*: a thread that ends takes no server along
+    (PR_SET_PDEATHSIG would fire when the thread that started the server exits)."""
+    box: list[Launched] = []
+    thread = threading.Thread(
+        target=lambda: box.append(launch(FIXTURES / "numpy2", _command=here(FIXTURES / "numpy2")))
+    )
+    thread.start()
+    thread.join()
+    (launched,) = box
+    try:
+        time.sleep(1.0)
+        assert launched.alive() and _healthy(launched.url, timeout=5) and launched.restarts == 0
+    finally:
+        launched.stop()
+
+
+def test_wait_for_exit_sees_a_process_that_is_not_its_parent_end() -> None:
+    from chainrule._serving import wait_for_exit
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    done = threading.Event()
+    watcher = threading.Thread(target=lambda: (wait_for_exit(child.pid), done.set()), daemon=True)
+    watcher.start()
+    try:
+        assert not done.wait(0.5)
+        child.kill()  # not reaped yet: a zombie has exited all the same
+        assert done.wait(10)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_server_command_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +360,8 @@ def test_server_command_and_environment(tmp_path: Path, monkeypatch: pytest.Monk
     argv = server_command(tmp_path / "bin/python", FIXTURES / "numpy1", spec, "127.0.0.1", 8123)
     target = f"{FIXTURES / 'numpy1' / 'component.py'}:square"
     assert argv == [str(tmp_path / "bin/python"), "-m", "chainrule", "serve", target,
-                    "--host", "127.0.0.1", "--port", "8123"]  # fmt: skip
+                    "--host", "127.0.0.1", "--port", "8123",
+                    "--parent-pid", str(os.getpid())]  # fmt: skip
     monkeypatch.setenv("PYTHONPATH", "/leaks/our/packages")
     env = _server_env()
     assert "PYTHONPATH" not in env and env["PYTHONUNBUFFERED"] == "1"
@@ -220,8 +387,8 @@ def test_wildcard_host_is_reached_on_loopback() -> None:
 
 
 @pytest.mark.slow
-def test_two_conflicting_components_side_by_side(tmp_path_factory: pytest.TempPathFactory) -> None:
-    cache = tmp_path_factory.mktemp("launch-envs")
+def test_two_conflicting_components_side_by_side(launch_cache: Path) -> None:
+    cache = launch_cache
     with (
         launch(FIXTURES / "numpy1", cache_dir=cache, quiet=True) as old,
         launch(FIXTURES / "numpy2", cache_dir=cache, quiet=True) as new,
@@ -234,10 +401,8 @@ def test_two_conflicting_components_side_by_side(tmp_path_factory: pytest.TempPa
 
 
 @pytest.mark.slow
-def test_killed_server_is_restarted_and_next_call_succeeds(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    cache = tmp_path_factory.mktemp("launch-envs-kill")
+def test_killed_server_is_restarted_and_next_call_succeeds(launch_cache: Path) -> None:
+    cache = launch_cache
     launched = launch(FIXTURES / "numpy2", cache_dir=cache, quiet=True)
     with launched as comp:
         x = np.array([0.5, 2.0])
@@ -251,11 +416,11 @@ def test_killed_server_is_restarted_and_next_call_succeeds(
 
 
 @pytest.mark.slow
-def test_launched_endpoints_agree_bit_for_bit(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_launched_endpoints_agree_bit_for_bit(launch_cache: Path) -> None:
     """Every endpoint through a launched server equals the in-process result exactly."""
     from chainrule._serving import load_component
 
-    cache = tmp_path_factory.mktemp("launch-envs-agree")
+    cache = launch_cache
     local = load_component(str(FIXTURES / "numpy2" / "component.py") + ":square")
     x = {"x": np.array([0.5, -1.25, 2.0])}
     t, c = {"x": np.array([1.0, 0.5, -2.0])}, {"y": np.array([0.3, 1.0, -1.0])}

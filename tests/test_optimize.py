@@ -281,16 +281,32 @@ def test_non_finite_objective_stops() -> None:
     assert not result.success and "not finite at step 0" in result.message
 
 
+def test_lbfgsb_says_when_its_line_search_met_non_finite_values() -> None:
+    """scipy's L-BFGS-B stops with only `ABNORMAL:` when a trial point is NaN: say so."""
+    result = optimize(
+        lambda x: jnp.sum(jnp.sqrt(1.6 - x) + (x - 3.0) ** 2), np.zeros(2), method="L-BFGS-B"
+    )
+    assert not result.success
+    message = result.message
+    assert message.startswith("scipy stopped (ABNORMAL")
+    assert "the objective or its gradient was not finite at" in message
+    assert "(first: objective nan at x = [" in message
+    assert "Fix: keep the search where the objective is finite (bounds=" in message
+    assert np.isfinite(result.fun)  # the result is the last finite iterate
+
+
 # ---- history: save, load, resume --------------------------------------------------------------
 
 
 def test_history_records_every_step(tmp_path: Path) -> None:
     result = optimize(quadratic, P0, method="adam", learning_rate=0.1, max_steps=6)
     h = result.history
-    assert len(h) == 7 == len(h.params) == len(h.seconds) == len(h.grad_norm) == len(h.calls)
+    assert len(h) == 7 == len(h.x) == len(h.seconds) == len(h.grad_norm) == len(h.calls)
     assert h.method == "adam" and all(s >= 0 for s in h.seconds)
-    assert h.params[-1]["a"] is not h.params[-2]["a"]
-    np.testing.assert_array_equal(h.params[0]["a"], P0["a"])
+    assert h.x[-1]["a"] is not h.x[-2]["a"]
+    np.testing.assert_array_equal(h.x[0]["a"], P0["a"])
+    assert result.x is h.x[-1]  # one name: x, in the result and in the history
+    assert h.params is h.x  # `params`, its former name, is the same list
     assert h.objective[0] == pytest.approx(float(quadratic(P0)))
 
 
@@ -312,10 +328,8 @@ def test_history_save_load_round_trip(tmp_path: Path) -> None:
     loaded = History.load(path)
     for field in ("method", "objective", "grad_norm", "seconds", "calls"):
         assert getattr(loaded, field) == getattr(result.history, field), field
-    assert isinstance(loaded.params[2]["extra"], list)
-    np.testing.assert_array_equal(
-        loaded.params[2]["extra"][0], result.history.params[2]["extra"][0]
-    )
+    assert isinstance(loaded.x[2]["extra"], list)
+    np.testing.assert_array_equal(loaded.x[2]["extra"][0], result.history.x[2]["extra"][0])
     assert loaded.opt_state is not None and len(loaded.opt_state) == len(
         result.history.opt_state or []
     )
@@ -356,7 +370,7 @@ def test_resume_lbfgsb_ends_near_an_uninterrupted_run() -> None:
     resumed = optimize(rosenbrock, X0[5], method="L-BFGS-B", resume=first.history)
     assert resumed.success
     np.testing.assert_allclose(resumed.x, full.x, atol=1e-4)
-    assert resumed.history.params[10] is not None and len(resumed.history) > 11
+    assert resumed.history.x[10] is not None and len(resumed.history) > 11
 
 
 def test_checkpoint_then_resume(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import chainrule as cr
 import chainrule.jax as crj
 import chainrule.plot as crplot
 
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
 
 class In(cr.Schema):
     x: cr.Differentiable[cr.Array[("n",), cr.Float64]]

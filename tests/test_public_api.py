@@ -18,6 +18,27 @@ def test_all_names_import() -> None:
         assert hasattr(cr, name), name
 
 
+def test_every_error_class_is_exported() -> None:
+    """Every class of the exception tree can reach users (raised, or re-raised by a client),
+    so each is importable from `chainrule` (ShapesUnknownError was not)."""
+    from chainrule import _errors
+
+    for name, cls in _errors._CLASSES.items():
+        assert getattr(cr, name, None) is cls, name
+        assert name in cr.__all__ and name in _errors.__doc__, name  # and in the drawn tree
+
+
+def test_the_design_the_docs_point_at_exists() -> None:
+    """The README and the examples refer to the design: it is docs/design.md, in the docs site."""
+    assert (ROOT / "docs" / "design.md").is_file()
+    assert "design.md" in (ROOT / "mkdocs.yml").read_text()
+    texts = [ROOT / "README.md", *ROOT.glob("examples/**/*.md"), *ROOT.glob("examples/**/*.py")]
+    for path in texts:
+        assert "DESIGN.md" not in path.read_text(), f"{path} names a DESIGN.md that is not there"
+        for target in re.findall(r"\]\(([^)#:]+\.md)\)", path.read_text()):
+            assert (path.parent / target).is_file(), f"{path}: link to {target} goes nowhere"
+
+
 def test_documented_names_match_all() -> None:
     text = (ROOT / "docs" / "api.md").read_text()
     documented = set(re.findall(r"^\| `([A-Za-z_0-9]+)`", text, flags=re.M))

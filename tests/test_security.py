@@ -149,13 +149,13 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 def test_cli_serve_refuses_a_non_loopback_bind_without_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
     from typer.testing import CliRunner
 
+    from chainrule import _serving
     from chainrule._cli import app
 
     started: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(_serving, "serve_forever", lambda *a, **k: started.append(a))
     monkeypatch.delenv("CHAINRULE_TOKEN", raising=False)
     module = tmp_path / "comp.py"
     module.write_text(
@@ -173,7 +173,7 @@ def test_cli_serve_refuses_a_non_loopback_bind_without_a_token(
         app, ["serve", f"{module}:comp", "--host", "0.0.0.0", "--token", TOKEN, "--port", "0"]
     )
     assert result.exit_code == 0, result.output
-    assert len(started) == 1  # with a token it gets as far as starting uvicorn
+    assert len(started) == 1  # with a token it gets as far as starting the server
 
 
 # ---- tokens ------------------------------------------------------------------------------------

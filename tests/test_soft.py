@@ -13,8 +13,10 @@ import pytest
 from jax.test_util import check_grads
 
 import chainrule as cr
-import chainrule.jax  # (turns on float64 in JAX, as every chainrule JAX user has)
+import chainrule.jax
 from chainrule import soft
+
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
 
 COLD = 1e-4  # "temperature → 0": margins in these tests are ≥ 0.05, i.e. ≥ 500 temperatures
 X = jnp.array([-2.3, -0.6, -0.05, 0.05, 0.7, 1.9])

@@ -7,7 +7,7 @@ import numpy as np
 import chainrule as cr
 import chainrule.jax as crj
 
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", True)  # this program computes in float64
 
 
 class Inputs(cr.Schema):

@@ -3,12 +3,15 @@
 import tempfile
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import chainrule as cr
 import chainrule.jax as crj
 import chainrule.plot as crplot
+
+jax.config.update("jax_enable_x64", True)  # this program computes in float64
 
 
 class Signal(cr.Schema):

@@ -8,8 +8,9 @@ reverse-differentiated (a hard `lax.while_loop` cannot) and, cold, equals the ha
 import jax
 import jax.numpy as jnp
 
-import chainrule.jax  # noqa: F401  (float64 in JAX)
 from chainrule import soft
+
+jax.config.update("jax_enable_x64", True)  # this program computes in float64
 
 
 def sqrt(a: jax.Array) -> jax.Array:

@@ -35,6 +35,10 @@ import chainrule as cr
 import chainrule.jax as crj
 from chainrule import soft
 
+# This program computes in float64 (its components declare Float64 fields): JAX's 64-bit
+# mode is the program's choice to make, and it is made here.
+jax.config.update("jax_enable_x64", True)
+
 NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float64)
 # Anneal the soft comparisons from blurry (gradients everywhere) towards the hard rule.
 TEMPERATURE = (1.0, 0.1)

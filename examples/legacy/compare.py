@@ -35,6 +35,10 @@ import scipy.optimize
 import chainrule as cr
 import chainrule.jax as crj
 
+# This program computes in float64 (its components declare Float64 fields): JAX's 64-bit
+# mode is the program's choice to make, and it is made here.
+jax.config.update("jax_enable_x64", True)
+
 KAPPA_MAX = 2.0  # the profiles here stay below this; the time step is stable up to it
 # dt/dx²: explicit Euler is stable for dt·κ_max/dx² ≤ 1/2; 0.2 leaves a margin. (Fixed in
 # grid units, so a finer grid covers a shorter time: the cost per step is what is compared.)

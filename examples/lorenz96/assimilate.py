@@ -32,6 +32,10 @@ import scipy.optimize
 import chainrule as cr
 import chainrule.jax as crj
 
+# This program computes in float64 (its components declare Float64 fields): JAX's 64-bit
+# mode is the program's choice to make, and it is made here.
+jax.config.update("jax_enable_x64", True)
+
 SOLVER = Path(__file__).parent / "l96_solver"
 
 

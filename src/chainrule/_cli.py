@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import keyword
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ._errors import ChainruleError
+from ._errors import ChainruleError, LaunchError
 
 app = typer.Typer(
     help="chainrule: typed, differentiable components you can serve, call and compose.",
@@ -25,11 +27,33 @@ env_app = typer.Typer(help="Component environments (built with uv, cached).", no
 app.add_typer(env_app, name="env")
 err = Console(stderr=True)
 
+# A command talks to a server that is running or not: one quick retry covers a connection the
+# server closed, without the long reconnection window a supervised (launched) server gets.
+_CLI_RETRIES = 1
+
 _TEMPLATES = {
     "jax": ("import jax.numpy as xp", "jax"),
     "torch": ("import torch as xp", "torch==2.13.0"),
     "numpy": ("import numpy as xp", "numpy"),
 }
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"chainrule {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """chainrule: typed, differentiable components you can serve, call and compose."""
 
 
 def _fail(error: Exception) -> None:
@@ -50,6 +74,7 @@ def _jsonable(tree: Any) -> Any:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="file.py:object, module:object or a folder")],
     host: Annotated[str, typer.Option(help="interface; non-loopback needs --token")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8000,
@@ -88,15 +113,33 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="server processes sharing the port (for many clients)")
     ] = 1,
+    current_env: Annotated[
+        bool,
+        typer.Option(
+            "--current-env",
+            help="serve a component folder in this Python environment, ignoring the"
+            " requirements and python of its chainrule.toml (default: its own environment)",
+        ),
+    ] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(help="stop the server when process PID exits (launch passes its own)"),
+    ] = None,
 ) -> None:
-    """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs)."""
-    import uvicorn
+    """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs).
 
-    from ._server import ServerSettings, asgi_app
-    from ._serving import SETTINGS_ENV, TARGET_ENV, check_bind, load_component
+    A component folder is served in its own environment, built from its chainrule.toml as
+    `chainrule env build` does (cached); `--current-env` serves it in this one instead.
+    """
+    from ._server import ServerSettings
+    from ._serving import check_bind, load_component, serve_forever, stop_with_parent
 
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)  # first: the parent may go while the component imports
     try:
-        component = load_component(target)
+        folder = _own_env_folder(target, current_env)
+        if folder is not None:
+            _exec_in_own_env(ctx, folder)
         settings = ServerSettings(
             host=host,
             port=port,
@@ -112,27 +155,75 @@ def serve(
             threaded=threads,
         )
         check_bind(settings)
+        component = load_component(target)
+
+        def announce(url: str) -> None:
+            many = f" with {workers} worker processes" if workers > 1 else ""
+            name, backend = component.name, component.backend.name
+            err.print(f"serving '{name}' ({backend}) on {url}{many}", soft_wrap=True)
+
+        serve_forever(component, target, settings, workers=workers, announce=announce)
     except ChainruleError as e:
         _fail(e)
-    where = f"http://{host}:{port}" + (f" with {workers} worker processes" if workers > 1 else "")
-    err.print(f"serving '{component.name}' ({component.backend.name}) on {where}")
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": "warning",
-        "access_log": False,
-        "lifespan": "off",
-        # On SIGTERM: wait this long for calls in progress, then cancel them and exit (a hung
-        # call would otherwise keep the server alive forever).
-        "timeout_graceful_shutdown": settings.shutdown_timeout,
-    }
-    if workers == 1:
-        uvicorn.run(asgi_app(component, settings), **options)
+
+
+def _own_env_folder(target: str, current_env: bool) -> Path | None:
+    """The component folder to serve in its own environment, or None to serve `target` here."""
+    from ._env import SPEC_FILE
+
+    folder = Path(target)
+    if current_env or not (folder / SPEC_FILE).is_file():
+        return None
+    return folder.resolve()
+
+
+def _exec_in_own_env(ctx: typer.Context, folder: Path) -> None:
+    """Replace this process by the folder environment's python serving the folder's entry.
+
+    Returns (serving here) when this process already runs in that environment. The process
+    keeps its pid, so whoever started `chainrule serve` can still signal it.
+    """
+    from ._env import build_env, entry_path, load_spec
+    from ._launch import _server_env
+
+    spec = load_spec(folder)
+    try:
+        python = build_env(spec)
+    except LaunchError as e:
+        hint = f"Or serve {folder} in this environment: --current-env"
+        raise LaunchError(f"{e.message}\n{hint}", errors=e.errors) from e
+    if Path(sys.prefix).resolve() == python.parent.parent.resolve():
         return
-    # Each worker process imports the app by name and builds it from these variables.
-    os.environ[TARGET_ENV] = target
-    os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    uvicorn.run("chainrule._serving:app_from_env", factory=True, workers=workers, **options)
+    entry = f"{entry_path(folder, spec)}:{spec.entry.rsplit(':', 1)[1]}"
+    err.print(
+        f"serving {folder} in its own environment ({python}); --current-env serves it in this one",
+        soft_wrap=True,
+    )
+    env = _server_env()
+    token = ctx.params.get("token")
+    if token:  # through the environment: a command line is visible to every user (ps)
+        env["CHAINRULE_TOKEN"] = token
+    argv = [str(python), "-m", "chainrule", "serve", *_command_line(ctx, target=entry, token=None)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(python, argv, env)
+
+
+def _command_line(ctx: typer.Context, **override: Any) -> list[str]:
+    """The arguments that give `ctx`'s command its current parameters (but `override`)."""
+    args: list[str] = []
+    param: Any  # typer's own copy of click's Argument or Option
+    for param in ctx.command.params:
+        value = override[param.name] if param.name in override else ctx.params[param.name]
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif value is None or (param.is_flag and not param.secondary_opts and not value):
+            continue
+        elif param.is_flag:  # --x, or --x / --no-x
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 @app.command()
@@ -143,7 +234,10 @@ def call(
     token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
     timeout: float = 300.0,
 ) -> None:
-    """Call one endpoint with a JSON body; print the JSON answer (arrays as lists)."""
+    """Call one endpoint with a JSON body; print the JSON answer (arrays as lists).
+
+    A server that is not there fails the call at once (one quick retry, no waiting for it).
+    """
     from . import _wire
     from ._client import Connection
 
@@ -153,7 +247,9 @@ def call(
     except json.JSONDecodeError as e:
         _fail(ChainruleError(f'the body is not JSON ({e}); e.g. \'{{"inputs": {{"x": [1, 2]}}}}\''))
     try:
-        conn = Connection(url, token=token, timeout=timeout, content_type=_wire.JSON)
+        conn = Connection(
+            url, token=token, timeout=timeout, retries=_CLI_RETRIES, content_type=_wire.JSON
+        )
         answer = conn.call(f"/{endpoint.strip('/')}", payload)
     except ChainruleError as e:
         _fail(e)
@@ -170,7 +266,7 @@ def schema(
         if target.startswith(("http://", "https://")):
             from ._client import Connection
 
-            info = Connection(target, token=token).get_json("/schema")
+            info = Connection(target, token=token, retries=_CLI_RETRIES).get_json("/schema")
         else:
             from ._serving import load_component
 
@@ -201,7 +297,7 @@ def check(
         if target.startswith(("http://", "https://")):
             from ._client import connect
 
-            comp = connect(target, token=token)
+            comp = connect(target, token=token, retries=_CLI_RETRIES)
         else:
             from ._serving import load_component
 
@@ -253,6 +349,19 @@ chainrule env build .                                            # its own envir
 """
 
 
+def _valid_name(name: str) -> bool:
+    """Whether `name` can be the component's function and its chainrule.toml name."""
+    return re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) is not None and not keyword.iskeyword(name)
+
+
+def _suggest_name(name: str) -> str:
+    """A valid name close to `name` (`my-band` -> `my_band`, `2bad` -> `component_2bad`)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "component"
+    if not cleaned[0].isalpha():
+        cleaned = f"component_{cleaned}"
+    return f"{cleaned}_" if keyword.iskeyword(cleaned) else cleaned
+
+
 @app.command()
 def new(
     name: Annotated[str, typer.Argument(help="component name (a Python identifier)")],
@@ -260,10 +369,12 @@ def new(
     directory: Annotated[Path, typer.Option("--dir", help="where to create the folder")] = Path(),
 ) -> None:
     """Scaffold a component folder: component.py, chainrule.toml, README.md."""
-    if not name.isidentifier():
+    if not _valid_name(name):
         _fail(
             ChainruleError(
-                f"name {name!r} is not a Python identifier; try {name.replace('-', '_')!r}"
+                f"name {name!r} cannot name a component: expected a Python identifier of ASCII "
+                f"letters, digits and _, starting with a letter, and not a Python keyword; "
+                f"try {_suggest_name(name)!r}"
             )
         )
     if backend not in _TEMPLATES:

@@ -109,7 +109,7 @@ class Connection:
         *,
         token: str | None = None,
         timeout: float = 300.0,
-        retries: int = 30,
+        retries: int = 4,
         content_type: str = _wire.BINARY,
         max_response_bytes: int = MAX_BYTES,
     ) -> None:
@@ -203,8 +203,9 @@ class Connection:
             self._drop()
             if attempt == retries:
                 raise self._unreachable(path, error, attempt + 1) from error
-            # Pauses of 0.05 s doubling up to 1 s: the default 30 retries wait ~26 s in all,
-            # long enough for a launched server to be restarted on a busy machine.
+            # Pauses of 0.05 s doubling up to 1 s: the default 4 retries wait 0.75 s in all;
+            # launch's client makes 30 (~26 s), long enough for its supervisor to restart
+            # the server on a busy machine.
             time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
 
@@ -381,7 +382,7 @@ def connect(
     *,
     token: str | None = None,
     timeout: float = 300.0,
-    retries: int = 30,
+    retries: int = 4,
     content_type: str = _wire.BINARY,
     max_response_bytes: int = MAX_BYTES,
 ) -> Component:
@@ -392,8 +393,10 @@ def connect(
         token: bearer token, if the server was started with one.
         timeout: seconds one call may take, from sending the request to the last byte of
             the answer (per attempt; a call that times out is not retried).
-        retries: reconnection attempts on connection errors (calls are idempotent); a broken
-            answer (a body cut short, a bad length) is retried at most twice.
+        retries: reconnection attempts on connection errors (calls are idempotent); the
+            default 4 wait 0.75 s in all (the client `launch` gives waits ~26 s, while its
+            supervisor restarts a dead server); a broken answer (a body cut short, a bad
+            length) is retried at most twice.
         content_type: `"application/x-chainrule"` (binary, default) or `"application/json"`.
         max_response_bytes: the largest answer accepted (default 4 GiB); a larger one is a
             `TransportError` naming this limit, before its bytes are read.

@@ -7,8 +7,10 @@ ChainruleError
 │   ├── NotDifferentiableError   a derivative asked of/with respect to a non-differentiable leaf
 │   └── WireFormatError          a request or response body cannot be decoded
 ├── EndpointUnavailableError     the component cannot provide this endpoint
+│   └── ShapesUnknownError       output shapes are needed while tracing but not known yet
 ├── ComponentError               the component's own code raised, or returned bad outputs
-│   └── OutputValidationError    the outputs do not match the output schema
+│   ├── OutputValidationError    the outputs do not match the output schema
+│   └── NonFiniteError           with check_finite on: a NaN or inf went in or came out
 ├── SchemaDefinitionError        a schema class itself is malformed (raised at definition)
 ├── TransportError               a remote component could not be reached or answered badly
 │   └── AuthenticationError      the server refused the bearer token
@@ -34,6 +36,7 @@ __all__ = [
     "NotDifferentiableError",
     "OutputValidationError",
     "SchemaDefinitionError",
+    "ShapesUnknownError",
     "TransportError",
     "UnknownPathError",
     "ValidationError",

@@ -116,7 +116,9 @@ class History:
         method: the method's name (`"adam"`, `"L-BFGS-B"`, ... or the optax transformation's).
         objective: objective value at each iterate.
         grad_norm: Euclidean norm of the gradient at each iterate (not projected on bounds).
-        params: parameters at each iterate, pytrees of NumPy arrays.
+        x: the parameters at each iterate (x_0, x_1, ...), pytrees of NumPy arrays shaped
+            like x0; `OptimizeResult.x` is the last. `params` is the same list under its
+            former name.
         seconds: wall time since the previous entry (entry 0 includes jit compilation).
         calls: endpoint calls per watched component since the previous entry, e.g.
             `{"torch_band": {"apply": 1, "vjp": 1}}`.
@@ -134,7 +136,7 @@ class History:
     method: str
     objective: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
-    params: list[Any] = field(default_factory=list)
+    x: list[Any] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     calls: list[Calls] = field(default_factory=list)
     opt_state: list[np.ndarray] | None = None
@@ -142,13 +144,18 @@ class History:
     def __len__(self) -> int:
         return len(self.objective)
 
+    @property
+    def params(self) -> list[Any]:
+        """The parameters at each iterate: `x` under its former name (the same list)."""
+        return self.x
+
     def __repr__(self) -> str:
         last = f", last objective={self.objective[-1]:.6g}" if self.objective else ""
         return f"History(method={self.method!r}, entries={len(self)}{last})"
 
     def append(self, x: Any, value: float, grad_norm: float, seconds: float, calls: Calls) -> None:
         """Add one entry (`x` is copied to NumPy so later updates cannot change it)."""
-        self.params.append(jax.tree.map(lambda a: np.array(a, copy=True), x))
+        self.x.append(jax.tree.map(lambda a: np.array(a, copy=True), x))
         self.objective.append(value)
         self.grad_norm.append(grad_norm)
         self.seconds.append(seconds)
@@ -160,7 +167,7 @@ class History:
             self.method,
             self.objective[:n],
             self.grad_norm[:n],
-            self.params[:n],
+            self.x[:n],
             self.seconds[:n],
             self.calls[:n],
         )
@@ -202,13 +209,13 @@ class History:
         return path
 
     def _param_arrays(self) -> dict[str, np.ndarray]:
-        if not self.params:
+        if not self.x:
             return {}
-        columns = zip(*(jax.tree.leaves(p) for p in self.params), strict=True)
+        columns = zip(*(jax.tree.leaves(p) for p in self.x), strict=True)
         return {f"param_{j}": np.stack(column) for j, column in enumerate(columns)}
 
     def _meta(self) -> dict[str, Any]:
-        first = self.params[0] if self.params else None
+        first = self.x[0] if self.x else None
         return {
             "format": _FORMAT,
             "method": self.method,
@@ -367,7 +374,7 @@ class Rules:
         step, value, gnorm = len(history) - 1, history.objective[-1], history.grad_norm[-1]
         if not (math.isfinite(value) and math.isfinite(gnorm)):
             return f"objective or gradient is not finite at step {step} ({value}, {gnorm})", False
-        if self.callback is not None and self.callback(step, history.params[-1], value, gnorm):
+        if self.callback is not None and self.callback(step, history.x[-1], value, gnorm):
             return f"stopped by callback at step {step}", False
         if self.tol is not None and gnorm <= self.tol:
             return f"gradient norm {gnorm:.3g} <= tol={self.tol:g}", True

@@ -89,15 +89,19 @@ def _leaf(instance: Schema, path: str) -> Any:
     return next(x.value for x in leaves(instance) if x.path == path)
 
 
-# ---- tokens: kept linearizations crossing the JAX program as int64 scalars ------------------
+# ---- tokens: kept linearizations crossing the JAX program as int32 scalars ------------------
 #
 # A token is the number of the residual's handle in the component's own cache (handles are
 # numbered from one counter): no table of tokens to keep, and the input arrays live only in
 # the residual, so they go when the component's bounded cache evicts it. 0 means none.
+# int32, not int64: a program whose 64-bit mode is off has no int64 values.
+
+TOKEN_DTYPE = np.dtype(np.int32)
 
 
 def _token(handle: Handle | None) -> np.ndarray:
-    return np.asarray(handle.number if handle is not None else 0, np.int64)
+    # After 2**31 handles numbers wrap: an old number names an evicted handle (recomputed).
+    return np.asarray(handle.number % 2**31 if handle is not None else 0, TOKEN_DTYPE)
 
 
 def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
@@ -358,7 +362,7 @@ def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[i
 
 
 def _apply_avals(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
-    token = [jax.core.ShapedArray((), np.dtype(np.int64))] if keep else []
+    token = [jax.core.ShapedArray((), TOKEN_DTYPE)] if keep else []
     return _batched_avals([*spec.out_avals, *token], sizes)
 
 

@@ -17,11 +17,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.interpreters import ad, batching
 
 from ._errors import NotDifferentiableError
-from ._jax_primitives import Prim, _batched_avals, _Spec, call_p, hvp_p, jvp_p, vjp_p
+from ._jax_primitives import (
+    TOKEN_DTYPE,
+    Prim,
+    _batched_avals,
+    _Spec,
+    call_p,
+    hvp_p,
+    jvp_p,
+    vjp_p,
+)
 
 _NOT_MAPPED = None  # how vmap marks an unbatched argument
 
@@ -86,7 +94,7 @@ def _call_jvp(
             tangents_out[i] = d
     if keep:
         values.append(token)
-        tangents_out.append(_tangent_zero(jax.core.ShapedArray((), np.dtype(np.int64))))
+        tangents_out.append(_tangent_zero(jax.core.ShapedArray((), TOKEN_DTYPE)))
     return values, tangents_out
 
 

@@ -1,11 +1,13 @@
 """Managed component servers: `launch(folder)` runs a component in its own environment.
 
 `launch` builds the folder's environment (`_env.build_env`), starts
-`<venv python> -m chainrule serve <folder>/<entry> --host H --port P` in its own process group,
-waits until `GET /health` answers 200, and returns a `Launched` handle. A supervisor thread
-restarts the server on the same port if it dies (at most 5 times a minute); `stop()`, leaving
-the `with` block, or interpreter exit stops it. The server's output is kept in memory only (the
-last 500 lines), and shown in every start-up error.
+`<venv python> -m chainrule serve <folder>/<entry> --host H --port P --parent-pid <our pid>` in
+its own process group, waits until `GET /health` answers 200, and returns a `Launched` handle.
+A supervisor thread restarts the server on the same port if it dies (at most 5 times a minute);
+`stop()`, leaving the `with` block, or interpreter exit stops it. However this process ends
+(exit, SIGTERM, SIGKILL), its servers end too: each watches its parent (`--parent-pid`; see
+`_serving.stop_with_parent`), so no signal handler is installed here. The server's output is
+kept in memory only (the last 500 lines), and shown in every start-up error.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 from . import _servers
-from ._env import ComponentSpec, build_env, cache_root, load_spec
+from ._env import ComponentSpec, build_env, cache_root, entry_path, load_spec
 from ._errors import LaunchError
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ CommandFactory = Callable[[str, int], list[str]]
 """Builds the server's argv from (host, port)."""
 
 LOG_LINES = 500
+CLIENT_RETRIES = 30  # the client of a supervised server waits ~26 s for it to come back
 MAX_RESTARTS = 5  # per RESTART_WINDOW seconds; a server that keeps dying is left dead
 RESTART_WINDOW = 60.0
 _POLL = 0.1
@@ -69,10 +72,11 @@ def server_command(
         workers: server processes sharing the port.
 
     Returns:
-        The argv list.
+        The argv list; the server stops when this process (the caller's pid) exits.
     """
-    target = f"{folder / spec.entry_file}:{spec.entry.rsplit(':', 1)[1]}"
+    target = f"{entry_path(folder, spec)}:{spec.entry.rsplit(':', 1)[1]}"
     argv = [str(python), "-m", "chainrule", "serve", target, "--host", host, "--port", str(port)]
+    argv += ["--parent-pid", str(os.getpid())]
     return argv + (["--workers", str(workers)] if workers > 1 else [])
 
 
@@ -347,7 +351,8 @@ class Launched:
 def _default_client_factory() -> Callable[[str], Component]:
     from ._client import connect
 
-    return connect
+    # The supervisor restarts a dead server on the same port: the client waits for it.
+    return functools.partial(connect, retries=CLIENT_RETRIES)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import jax as _crj  # noqa: F401  (importing it turns on jax_enable_x64, as components do)
 from ._component import Component
 from ._errors import ValidationError
 from ._history import (
@@ -218,8 +217,8 @@ def _load_resume(resume: Any, x0: Any) -> History | None:
         history = resume
     else:
         history = History.load(resume, like=x0)
-    if history is not None and history.params:
-        want, got = _describe(_as_params(x0)), _describe(history.params[-1])
+    if history is not None and history.x:
+        want, got = _describe(_as_params(x0)), _describe(history.x[-1])
         if want != got:
             raise ValidationError(
                 f"resume: the saved parameters are {got}, x0 is {want}; pass the x0 of the "
@@ -239,6 +238,7 @@ def _describe(tree: Any) -> str:
 # ---- the entry point ---------------------------------------------------------------------------
 
 
+@jax.enable_x64(True)  # for each call, in the calling thread; the process's config is untouched
 def optimize(
     objective: Callable[[Any], Any],
     x0: Any,
@@ -308,6 +308,11 @@ def optimize(
             `checkpoint_every` steps and when the run ends or fails, for `resume=`.
         checkpoint_every: steps between checkpoints.
 
+    The run computes with JAX's 64-bit mode on in the calling thread, whatever the process's
+    setting (which it leaves as it was), so float64 components and float64 parameters compute
+    in float64. The parameters keep x0's dtype: NumPy arrays and Python floats are float64;
+    pass float32 arrays for a float32 run.
+
     Returns:
         An `OptimizeResult` (`x`, `fun`, `grad_norm`, `history`, `steps`, `success`, `message`,
         `method`, `runs`).
@@ -320,7 +325,7 @@ def optimize(
         def rosenbrock(x):
             return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
-        result = chainrule.optimize(rosenbrock, jnp.zeros(5), method="L-BFGS-B")
+        result = chainrule.optimize(rosenbrock, np.zeros(5), method="L-BFGS-B")
         print(result.x, result.history.objective[-1])
         ```
     """
@@ -383,8 +388,8 @@ def _single(
     problem = setup.problem
     x = _as_params(x0)
     history = History(problem.method)
-    if resume is not None and resume.params:
-        x = _as_params(resume.params[-1])
+    if resume is not None and resume.x:
+        x = _as_params(resume.x[-1])
         history = resume.head(len(resume) - 1)  # its last entry is evaluated again here
         history.method = problem.method
     rec = Recorder(
@@ -416,7 +421,7 @@ def _drive(setup: _Setup, x: Any, resume: History | None, rec: Recorder, start: 
 
 def _result(history: History, message: str, success: bool) -> OptimizeResult:
     return OptimizeResult(
-        x=history.params[-1],
+        x=history.x[-1],
         fun=history.objective[-1],
         grad_norm=history.grad_norm[-1],
         history=history,

@@ -45,16 +45,47 @@ class _Memo:
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
         self.memo: OrderedDict[bytes, tuple[float, np.ndarray]] = OrderedDict()
+        self.nonfinite = 0  # points where the value or gradient was NaN or inf
+        self.first_nonfinite: tuple[float, np.ndarray] | None = None  # (value, x)
 
     def __call__(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         key = np.asarray(flat, np.float64).tobytes()
         if key not in self.memo:
             value, grad = self.fn(jnp.asarray(flat))
             self.memo[key] = (float(value), np.asarray(grad, np.float64))
+            self._note(flat, *self.memo[key])
             while len(self.memo) > 16:
                 self.memo.popitem(last=False)
         value, grad = self.memo[key]
         return value, grad.copy()  # scipy may write into it
+
+    def _note(self, flat: np.ndarray, value: float, grad: np.ndarray) -> None:
+        if np.isfinite(value) and np.isfinite(grad).all():
+            return
+        self.nonfinite += 1
+        if self.first_nonfinite is None:
+            self.first_nonfinite = (value, np.array(flat, np.float64))
+
+    def explain(self, message: str) -> str:
+        """scipy's stopping message, with what chainrule saw if some point was not finite.
+
+        scipy's line search stops at a NaN or inf trial value with only `ABNORMAL:`; the
+        points it tried are known here.
+        """
+        if self.first_nonfinite is None:
+            return message
+        value, flat = self.first_nonfinite
+        where = np.array2string(flat, precision=6, threshold=6, separator=", ")
+        bad = "objective" if not np.isfinite(value) else "gradient"
+        what = f"{bad} {value}" if bad == "objective" else f"{bad} with NaN/inf"
+        return (
+            f"scipy stopped ({message.strip() or 'no message'}); the objective or its gradient "
+            f"was not finite at {self.nonfinite} point(s) scipy tried (first: {what} at "
+            f"x = {where}), likely the cause: a line search cannot step through NaN or inf. "
+            "Fix: keep the search where the objective is finite (bounds=, or a start closer to "
+            "the optimum), or make it finite there (guard the operation that overflows; `with "
+            "chainrule.check_finite():` names the component that first produces a NaN or inf)."
+        )
 
 
 def _run_scipy(problem: _Problem, x: Any, rec: Recorder, extra: dict[str, Any]) -> Outcome:
@@ -96,7 +127,8 @@ def _run_scipy(problem: _Problem, x: Any, rec: Recorder, extra: dict[str, Any]) 
     if not np.array_equal(res.x, last[0]):  # scipy may end on a point it did not report
         with contextlib.suppress(_Stop):  # scipy's own message says why it stopped
             record(res.x)
-    return str(res.message), bool(res.success)
+    message = str(res.message) if res.success else memo.explain(str(res.message))
+    return message, bool(res.success)
 
 
 def _scipy_options(

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_curvature, _jax_rules  # noqa: F401  (register the rules with JAX)
-from ._backends._jax import JaxBackend, output_value
+from ._backends._jax import JaxBackend, check_x64, needs_x64, output_value
 from ._component import Component, _bound, _static_leaves
 from ._errors import (
     EndpointUnavailableError,
@@ -216,6 +216,7 @@ def _prepare(component: Component, inputs: Any) -> tuple[Schema, list[Any]]:
     instance = component.traced_inputs(inputs, "chainrule.jax.call")
     cast = {}
     for leaf in leaves(instance):
+        check_x64(component.name, "input", leaf.path, leaf.spec.dtype, str(leaf.spec))
         value = jnp.asarray(leaf.value)
         if value.dtype != leaf.spec.dtype:
             if not jnp.can_cast(value.dtype, leaf.spec.dtype, "same_kind"):
@@ -269,6 +270,7 @@ def _inline(component: Component, instance: Schema) -> dict[str, Any]:
         out = as_outputs(raw, component.outputs, component.name)
         result: dict[str, Any] = {}
         for x in leaves(out):
+            check_x64(component.name, "output", x.path, x.spec.dtype, str(x.spec))
             value = output_value(x)
             result[x.path] = value if x.spec.differentiable else jax.lax.stop_gradient(value)
         result.update(dict(static_values(out)))
@@ -331,5 +333,8 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
     }
     template = replace_leaves(instance, shapes)
     spec = _spec(component, template, concrete)
+    for path, aval in zip(spec.out_paths, spec.out_avals, strict=True):
+        if needs_x64(aval.dtype):  # out_template may be None (declared shapes): use the avals
+            check_x64(component.name, "output", path, aval.dtype, aval.str_short())
     outs = call_p.bind(*values, spec=spec, keep=False, levels=(), sizes=())
     return _results(spec, outs)

@@ -1,7 +1,12 @@
 """The `jax` backend: every endpoint by a JAX transform, jit-compiled per static signature.
 
-Importing this module turns on `jax_enable_x64`: components declare float64 fields, and JAX's
-default (float32 everywhere) would silently change their precision.
+Components declare float64 fields, and JAX's default (64-bit mode off: float32 everywhere)
+would silently change their precision. The user's JAX configuration is theirs, so nothing here
+changes it: the backend runs its compiled programs with 64-bit mode on in the calling thread
+only (`jax.enable_x64`, a thread-local scope; JAX keys its compilation caches on the mode).
+Inside a user's own JAX program (`chainrule.jax.call`) the program's mode rules; a component
+with 64-bit leaves refuses a program in 32-bit mode (`check_x64`) rather than compute in
+float32 under a float64 label.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import ShapesUnknownError
+from .._errors import ShapesUnknownError, ValidationError
 from .._residuals import Residual
 from .._schema import Schema, ShapeDtype, passthrough
 from .._tree import Leaf, leaves, replace_leaves
@@ -22,8 +27,6 @@ from . import Backend, as_outputs
 
 if TYPE_CHECKING:
     from .._component import Point
-
-jax.config.update("jax_enable_x64", True)
 
 Tree = dict[str, Any]
 _MAX_ENTRIES = 64
@@ -47,6 +50,34 @@ def output_value(leaf: Leaf) -> jax.Array:
     if value.dtype != leaf.spec.dtype and leaf.spec.dtype.kind in "fc":
         value = value.astype(leaf.spec.dtype)
     return value
+
+
+def needs_x64(dtype: Any) -> bool:
+    """Whether JAX, in its current mode, cannot hold `dtype` (float64 or int64 with x64 off)."""
+    if jax.enable_x64.value:  # every dtype fits (the common case: a cheap check first)
+        return False
+    return bool(jax.dtypes.canonicalize_dtype(dtype) != np.dtype(dtype))
+
+
+def check_x64(component: str, role: str, path: str, dtype: Any, declared: str) -> None:
+    """Refuse a 64-bit leaf in a JAX program whose 64-bit mode is off: JAX would compute it in
+    32 bits while the schema says 64, a silent loss of precision.
+
+    Arguments:
+        component: the component's name; role: `"input"` or `"output"`; path: the leaf.
+        dtype: the leaf's declared dtype; declared: how the schema declares it (`float64[n]`).
+    """
+    if not needs_x64(dtype):
+        return
+    canonical = jax.dtypes.canonicalize_dtype(dtype).name
+    raise ValidationError(
+        f"{role} '{path}' of component '{component}' is declared {declared}, but JAX's 64-bit "
+        f"mode is off in this program, so JAX would carry it as {canonical}. Fix: turn 64-bit "
+        'mode on for the program, `jax.config.update("jax_enable_x64", True)` at its start or '
+        "`with jax.enable_x64(True):` around it (arrays you make float32 stay float32), or "
+        f"declare the field {canonical.capitalize()} if that is the precision you want.",
+        errors=[{"path": path, "expected": "jax_enable_x64 on", "got": "jax_enable_x64 off"}],
+    )
 
 
 def _nbytes(tree: Any) -> int:
@@ -147,6 +178,13 @@ class JaxBackend(Backend):
         self._programs: OrderedDict[Any, _Programs] = OrderedDict()
 
     def _run(self, p: Point, call: Callable[[], Any]) -> Any:
+        """Run a compiled program with JAX's 64-bit mode on in this thread (only)."""
+        if jax.enable_x64.value:  # already on (the user's setting, or an outer call)
+            return self._run_x64(p, call)
+        with jax.enable_x64(True):
+            return self._run_x64(p, call)
+
+    def _run_x64(self, p: Point, call: Callable[[], Any]) -> Any:
         """Run a compiled program; on first use, let nested components learn their shapes.
 
         A NumPy component inside this function may only know its output shapes by running,

@@ -206,6 +206,11 @@ class _GraphPoint:
         return {o: tuple(self.graph.outputs[o].shape) for o in paths}
 
 
+def _declared(computed: np.dtype, declared: np.dtype) -> np.dtype:
+    """The dtype of an output leaf: its declared one for floats (apply casts to it)."""
+    return declared if declared.kind in "fc" else computed
+
+
 class TorchBackend(Backend):
     """Reverse-mode autograd of the author's function: vjp, jvp by double backward, Jacobians
     by one batched pass, hvp by reverse over reverse."""
@@ -265,8 +270,11 @@ class TorchBackend(Backend):
                 f"({type(e).__name__}: {e}); create tensors with device=x.device and avoid "
                 ".item()/.numpy() in apply, or call apply"
             ) from e
+        # A float output is the dtype its schema declares (apply casts it so), not torch's.
+        specs = {leaf.path: leaf.spec for leaf in leaves(box["template"])}
         shapes = {
-            k: ShapeDtype(tuple(v.shape), _NP_DTYPES[v.dtype]) for k, v in {**dout, **nd}.items()
+            k: ShapeDtype(tuple(v.shape), _declared(_NP_DTYPES[v.dtype], specs[k].dtype))
+            for k, v in {**dout, **nd}.items()
         }
         return replace_leaves(box["template"], shapes)
 
