@@ -155,10 +155,15 @@ def test_serve_a_folder_execs_its_own_environment(
     ((path, argv, env),) = execs
     assert path == python and argv[:4] == [str(python), "-m", "chainrule", "serve"]
     assert argv[4] == f"{folder / 'component.py'}:where"
-    assert argv[5:] == [
-        "--host", "127.0.0.1", "--port", "0", "--max-body-bytes", str(2**30),
-        "--no-refuse-nonfinite", "--no-threads", "--workers", "2",
-    ]  # fmt: skip
+    rest = argv[5:]  # every option of `serve` is passed on, given or default
+
+    def passed(*option: str) -> bool:
+        return any(rest[i : i + len(option)] == list(option) for i in range(len(rest)))
+
+    assert passed("--host", "127.0.0.1") and passed("--port", "0") and passed("--workers", "2")
+    assert passed("--max-body-bytes", str(2**30)) and passed("--shutdown-timeout", "10")
+    assert passed("--no-refuse-nonfinite") and passed("--no-threads")
+    assert "--current-env" not in rest and "--token" not in rest
     assert env["CHAINRULE_TOKEN"] == "s3cret" and "s3cret" not in argv
     assert "in its own environment" in result.output
 
