@@ -251,7 +251,7 @@ class RemoteBackend(Backend):
         answer = self.conn.call("/apply", body)
         if not keep:
             return answer["outputs"], None
-        return answer["outputs"], Residual(answer["handle"], 0, None, p.values)
+        return answer["outputs"], Residual(answer["handle"], 0, None)
 
     def eval_shape(self, p: Point) -> Any:
         answer = self.conn.call("/eval_shape", {"inputs": _tree.dump(p.inputs)})

@@ -33,7 +33,7 @@ from ._errors import (
     UnknownPathError,
     ValidationError,
 )
-from ._residuals import Handle, Residual, ResidualCache
+from ._residuals import Handle, Residual, ResidualCache, fingerprint
 from ._schema import ArraySpec, Schema, ShapeDtype, describe_value, passthrough
 from ._schema import _shape_matches as _shape_ok
 
@@ -100,6 +100,14 @@ class Point:
     def signature(self) -> tuple[Any, ...]:
         """Static values, shapes and dtypes of the inputs (the key of compiled programs)."""
         return _tree.signature(self.inputs)
+
+    def fingerprint(self) -> bytes | None:
+        """The fingerprint of the point's values now (see `chainrule._residuals.fingerprint`).
+
+        Computed afresh on each call, not cached: a Point can outlive a call while the
+        caller changes its arrays in place.
+        """
+        return fingerprint(self.inputs)
 
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
@@ -434,7 +442,7 @@ class Component:
             outs = ((x.path, x.value) for x in _tree.leaves(out))
             _finite.check_values(self.name, "apply", "output", outs, made=True)
         if residual is not None:
-            residual.outputs = out
+            residual.outputs = _shapes_of(out)  # shapes only: the residual pins no output
         if self.backend.cheap_eval_shape and self.backend.static_shapes:
             self._remember_shapes(p, out)
         return out, residual
@@ -442,10 +450,7 @@ class Component:
     def _remember_shapes(self, p: Point, out: Schema) -> None:
         key = p.signature
         if key not in self._shapes:
-            shapes = {
-                x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)
-            }
-            self._shapes[key] = _tree.replace_leaves(out, shapes)
+            self._shapes[key] = _shapes_of(out)
             while len(self._shapes) > 64:
                 self._shapes.popitem(last=False)
 
@@ -506,11 +511,12 @@ class Component:
 
     def _apply_kept(self, p: Point, keep: bool) -> tuple[Schema, Handle | None]:
         """Apply at a validated point; with `keep`, also the handle of the kept residual."""
-        out, residual = self._apply_point(p, keep)
         if not keep:
-            return out, None
-        residual = residual or Residual(None, 0, out, p.values)
-        residual.validated = p
+            return self._apply_point(p, keep)[0], None
+        made_at = p.fingerprint()  # before apply: the point the forward pass saw
+        out, residual = self._apply_point(p, keep)
+        residual = residual or Residual(None, 0, _shapes_of(out))
+        residual.fingerprint = made_at
         return out, self.residuals.put(self.name, residual)
 
     __call__ = apply
@@ -548,7 +554,7 @@ class Component:
     ) -> dict[str, dict[str, np.ndarray]]:
         """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         wrt_paths, of_paths = self._wrt(p, wrt), self._of(p, of, res)
         if not wrt_paths or not of_paths:  # an empty Jacobian; jax and torch cannot build one
             return {o: {} for o in of_paths}
@@ -581,7 +587,7 @@ class Component:
     ) -> dict[str, np.ndarray]:
         """jvp or batched_jvp: validate, then run with the kept residual if there is one."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         t = self._tangents(p, tangents, batched=endpoint.startswith("batched"))
         result: dict[str, np.ndarray] = self._run(
             endpoint, p, res, tangents=t, of=self._of(p, of, res)
@@ -593,7 +599,7 @@ class Component:
     ) -> dict[str, np.ndarray]:
         """vjp or batched_vjp: validate, then run with the kept residual if there is one."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         c = self._cotangents(p, cotangents, batched=endpoint.startswith("batched"), res=res)
         result: dict[str, np.ndarray] = self._run(
             endpoint, p, res, cotangents=c, wrt=self._wrt(p, wrt)
@@ -642,6 +648,12 @@ class Component:
         """Release open resources (a remote component's connections); calls still work after,
         reconnecting as needed."""
         self.backend.close()
+
+
+def _shapes_of(out: Schema) -> Schema:
+    """`out` with `ShapeDtype` leaves: its shapes, dtypes and static values, no array data."""
+    shapes = {x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)}
+    return _tree.replace_leaves(out, shapes)
 
 
 def _construct_exact(model: type[Schema], data: Any) -> Schema | None:

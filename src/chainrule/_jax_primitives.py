@@ -31,7 +31,7 @@ from jax.interpreters import mlir
 
 from . import _finite
 from ._component import Component, Point
-from ._residuals import Handle, Residual
+from ._residuals import Handle, Residual, fingerprint
 from ._schema import Schema
 from ._tree import leaves, replace_leaves
 
@@ -91,25 +91,23 @@ def _leaf(instance: Schema, path: str) -> Any:
 
 # ---- tokens: kept linearizations crossing the JAX program as int64 scalars ------------------
 #
-# A token is the number of the residual's handle in the component's own cache (handles are
-# numbered from one counter): no table of tokens to keep, and the input arrays live only in
-# the residual, so they go when the component's bounded cache evicts it. 0 means none.
+# A token is the `number` of the residual's handle in the component's own cache (63 bits of
+# its random id): no table of tokens to keep, and the residual holds its own copies of what it
+# needs, so it all goes when the component's bounded cache evicts it. 0 means none.
 
 
 def _token(handle: Handle | None) -> np.ndarray:
     return np.asarray(handle.number if handle is not None else 0, np.int64)
 
 
-def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
-    """The residual kept under `token` if it was made at these arrays (a derivative callback
-    gets fresh views of the same values). An unknown token (evicted, or 0) gives None and the
-    endpoint recomputes: slower, never wrong."""
+def _residual(spec: _Spec, token: Any, inputs: Schema) -> Residual | None:
+    """The residual kept under `token` if it was made at `inputs` (its fingerprint says so,
+    whatever memory they are in). An unknown token (evicted, or 0) or another point gives None
+    and the endpoint recomputes: slower, never wrong."""
     number = int(np.asarray(token))
     if not number:
         return None
-    values = dict(zip(spec.in_paths, arrays, strict=True))
-    comp = spec.component
-    return comp.residuals.get(Handle.numbered(number, comp.name), values)
+    return spec.component.residuals.get(number, inputs)
 
 
 # ---- host functions (run on concrete numpy arrays) ------------------------------------------
@@ -119,19 +117,15 @@ def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
     return Point(spec.component, spec.inputs(arrays))
 
 
-def _point_of(spec: _Spec, res: Residual | None, arrays: Sequence[np.ndarray]) -> Point:
-    """The point of `arrays`: the one `apply` validated when its residual is at hand."""
-    kept = res.validated if res is not None else None
-    return kept if isinstance(kept, Point) else _point(spec, arrays)
-
-
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     lane = spec.lane
     if lane is not None and not _finite.active():
+        made_at = fingerprint(spec.inputs(arrays)) if keep else None
         outs, residual = lane.apply(spec.template, arrays, keep)
         result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
         if keep:
             assert residual is not None
+            residual.fingerprint = made_at
             result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
         return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
@@ -158,8 +152,8 @@ def _host_jvp(
 ) -> list[np.ndarray]:
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
-    res = _residual(spec, token, arrays)
-    p = _point_of(spec, res, arrays)
+    p = _point(spec, arrays)
+    res = _residual(spec, token, p.inputs)
     result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
@@ -176,13 +170,14 @@ def _host_vjp(
     comp = spec.component
     c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
     paths = tuple(spec.in_paths[i] for i in wrt)
-    res = _residual(spec, token, arrays)
+    inputs = spec.inputs(arrays)
+    res = _residual(spec, token, inputs)
     lane = spec.lane
     if lane is not None and not batched and not _finite.active() and lane.owns(res):
         assert res is not None
         result = lane.vjp(res, c, paths)
     else:
-        p = _point_of(spec, res, arrays)
+        p = Point(comp, inputs)
         result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)

@@ -190,9 +190,12 @@ class JaxBackend(Backend):
         progs, (d, c) = self.programs(p), self._split(p)
         if not keep:
             return self._outputs(progs, *progs.apply(d, c)), None
-        dout, pull, nd = progs.forward(d, c)
-        out = self._outputs(progs, dout, nd)
-        return out, Residual(pull, _nbytes(pull), out, p.values)
+        # JAX may wrap a large aligned numpy array without copying it (and a program may
+        # hand an input back as a residual): the kept closure must not see the caller change
+        # an array in place (or pin a request body), so it gets its own copies.
+        own = {k: np.array(v) for k, v in d.items()}, {k: np.array(v) for k, v in c.items()}
+        dout, pull, nd = progs.forward(*own)
+        return self._outputs(progs, dout, nd), Residual(pull, _nbytes(pull), None)
 
     def eval_shape(self, p: Point) -> Any:
         return self._run(p, lambda: self._eval_shape(p))
