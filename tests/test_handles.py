@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from handle_components import BACKENDS, exact_vjp, make
 
 import chainrule as cr
 from chainrule import _wire
+from handle_components import BACKENDS, exact_vjp, make
 
 HERE = Path(__file__).parent
 X = np.array([0.3, 1.2, 2.0, -0.7])

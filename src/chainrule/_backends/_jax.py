@@ -62,7 +62,10 @@ class _Programs:
         self.in_avals = {
             k: jax.ShapeDtypeStruct(p.values[k].shape, p.values[k].dtype) for k in p.diff
         }
-        inputs, name = p.inputs, p.component.name
+        # The template of the inputs holds shapes, not the first caller's arrays: this cache
+        # outlives the call (on a server, the arrays would pin a request body per signature).
+        shapes = {k: ShapeDtype(v.shape, v.dtype) for k, v in p.values.items()}
+        inputs, name = replace_leaves(p.inputs, shapes), p.component.name
 
         def f(d: Tree, c: Tree) -> tuple[Tree, Tree]:
             with passthrough():
