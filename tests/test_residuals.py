@@ -9,6 +9,7 @@ import weakref
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 
 import chainrule as cr
@@ -176,9 +177,9 @@ def test_handles_are_random_128_bit_ids() -> None:
 def test_fingerprint_compares_every_leaf_by_value() -> None:
     class Nested(cr.Schema):
         a: cr.Differentiable[cr.Array[(None,), cr.Float64]]
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = pydantic.Field(default_factory=dict)
         mode: Any = None
-        layers: list[In] = []
+        layers: list[In] = pydantic.Field(default_factory=list)
 
     x = np.linspace(0.0, 1.0, 6)
     base = Nested(a=x, options={"k": 1, "t": [0.5, "s"]}, mode=2.0, layers=[In(x=x[:2])])
