@@ -111,7 +111,9 @@ class Point:
 
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
-        outputs = residual.outputs if residual is not None else self.outputs
+        if residual is not None and residual.outputs is not None:
+            return dict(residual.outputs)
+        outputs = self.outputs if residual is None else None
         if outputs is None:
             outputs = self.component._cheap_shapes(self)
         if outputs is None and run:
@@ -442,7 +444,7 @@ class Component:
             outs = ((x.path, x.value) for x in _tree.leaves(out))
             _finite.check_values(self.name, "apply", "output", outs, made=True)
         if residual is not None:
-            residual.outputs = _shapes_of(out)  # shapes only: the residual pins no output
+            residual.outputs = _output_shapes(out)  # shapes only: the residual pins no output
         if self.backend.cheap_eval_shape and self.backend.static_shapes:
             self._remember_shapes(p, out)
         return out, residual
@@ -515,7 +517,7 @@ class Component:
             return self._apply_point(p, keep)[0], None
         made_at = p.fingerprint()  # before apply: the point the forward pass saw
         out, residual = self._apply_point(p, keep)
-        residual = residual or Residual(None, 0, _shapes_of(out))
+        residual = residual or Residual(None, 0, _output_shapes(out))
         residual.fingerprint = made_at
         return out, self.residuals.put(self.name, residual)
 
@@ -648,6 +650,14 @@ class Component:
         """Release open resources (a remote component's connections); calls still work after,
         reconnecting as needed."""
         self.backend.close()
+
+
+def _output_shapes(out: Schema) -> dict[str, _tree.Leaf]:
+    """The output leaves with `ShapeDtype` values (what a residual keeps of its outputs)."""
+    return {
+        x.path: _tree.Leaf(x.path, x.spec, ShapeDtype(tuple(x.value.shape), x.value.dtype))
+        for x in _tree.leaves(out)
+    }
 
 
 def _shapes_of(out: Schema) -> Schema:

@@ -54,6 +54,12 @@ class Handle:
 
     id: str
     component: str
+    # 63 bits of the id (see `number`), parsed once: lookups use it on every call.
+    _number: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        well_formed = isinstance(self.id, str) and _HANDLE.fullmatch(self.id)
+        object.__setattr__(self, "_number", int(self.id[1:17], 16) >> 1 if well_formed else -1)
 
     @classmethod
     def new(cls, component: str) -> Handle:
@@ -79,14 +85,10 @@ class Handle:
     def number(self) -> int:
         """63 bits of the id as an integer (never 0): how `chainrule.jax` names a kept
         linearization inside a JAX program, where it travels as an int64 token."""
-        return _number(self.id)
+        return self._number
 
     def __repr__(self) -> str:
         return f"Handle({self.id!r}, component={self.component!r})"
-
-
-def _number(handle_id: str) -> int:
-    return int(handle_id[1:17], 16) >> 1
 
 
 @dataclass(eq=False)
@@ -96,7 +98,7 @@ class Residual:
 
     data: Any
     nbytes: int
-    outputs: Any  # the outputs with ShapeDtype leaves (shapes only: holds no array)
+    outputs: Any  # {output path: Leaf with a ShapeDtype value}: shapes only, no array data
     fingerprint: bytes | None = None  # None: matches no point
     memo: dict[Any, Any] = field(default_factory=dict)  # e.g. a finite-difference Jacobian
     created: float = field(default_factory=time.monotonic)
@@ -176,20 +178,43 @@ def fingerprint(inputs: BaseModel) -> bytes | None:
     None when a static value cannot be compared by value (an object of an arbitrary class):
     such a point matches no kept residual, so its endpoints always recompute.
     """
-    arrays = _tree.leaves(inputs)
-    if any(np.dtype(x.value.dtype).hasobject for x in arrays):
-        return None  # object arrays hold references: their bytes say nothing of the values
+    flat = _tree.flat_fields(type(inputs))
+    text: list[str] = []
+    arrays: list[np.ndarray] = []
     try:
-        statics = ";".join(f"{p}={_static(v)}" for p, v in _tree.static_values(inputs))
+        if flat is not None:  # the common case, in one loop without walking annotations
+            values = inputs.__dict__
+            for name, spec in flat:
+                value = values[name]
+                if spec is not None and value is not None:
+                    arrays.append(_array(name, value, text))
+                else:
+                    text.append(_static_part(name, value))
+        else:
+            arrays = [_array(x.path, x.value, text) for x in _tree.leaves(inputs)]
+            text += [_static_part(p, v) for p, v in _tree.static_values(inputs)]
     except _Opaque:
         return None
-    shapes = ";".join(
-        f"{x.path}:{np.dtype(x.value.dtype).str}{tuple(x.value.shape)}" for x in arrays
-    )
-    h = xxhash.xxh3_128(f"{statics}|{shapes}|".encode())
-    for x in arrays:
-        h.update(np.ascontiguousarray(x.value).data)
+    h = xxhash.xxh3_128(";".join(text).encode())
+    for a in arrays:
+        h.update(a.data if a.flags.c_contiguous else np.ascontiguousarray(a).data)
     return h.digest()
+
+
+def _array(name: str, value: Any, text: list[str]) -> np.ndarray:
+    """`value` as a numpy array, its path, dtype and shape appended to `text`."""
+    array = value if type(value) is np.ndarray else np.asarray(value)
+    if array.dtype.hasobject:  # references: their bytes say nothing of the values
+        raise _Opaque("object array")
+    text.append(f"{name}:{array.dtype.str}{array.shape}")
+    return array
+
+
+def _static_part(name: str, value: Any) -> str:
+    kind = type(value)
+    if kind in _EXACT:  # most static values, without another call
+        return f"{name}={kind.__name__}:{value!r}"
+    return f"{name}={_static(value)}"
 
 
 # ---- the cache -------------------------------------------------------------------------------
@@ -266,23 +291,19 @@ class ResidualCache:
         with self._lock:
             self._evict()
             entry = self._entries.get(number)
-        if entry is None or (not isinstance(handle, int) and entry[0] != handle.id):
-            self._miss()
-            return None
-        kept = entry[1].fingerprint
+            if entry is None or (not isinstance(handle, int) and entry[0] != handle.id):
+                self.misses += 1
+                return None
+        residual = entry[1]
         given = point if isinstance(point, bytes) or point is None else fingerprint(point)
-        if kept is None or given != kept:
-            self._miss()
-            return None
         with self._lock:
+            if residual.fingerprint is None or given != residual.fingerprint:
+                self.misses += 1
+                return None
             if number in self._entries:
                 self._entries.move_to_end(number)
             self.hits += 1
-        return entry[1]
-
-    def _miss(self) -> None:
-        with self._lock:
-            self.misses += 1
+        return residual
 
     def release(self, handle: Handle) -> None:
         """Drop the residual of `handle` now (later calls with it recompute)."""

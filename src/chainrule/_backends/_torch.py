@@ -75,45 +75,49 @@ def _read_only(tree: Tree) -> Tree:
     return out
 
 
-_SAVED: dict[type, tuple[str, ...]] = {}  # autograd node type -> its saved-tensor attributes
+# Autograd node type -> the attributes holding what it saved for backward (`_saved_self`,
+# `_saved_result`, ...; a custom autograd.Function's node has `saved_tensors` instead).
+_SAVED: dict[type, tuple[str, ...]] = {}
 
 
-def _saved(node: Any) -> list[Any]:
+def _saved_names(node: Any) -> tuple[str, ...]:
     kind = type(node)
     names = _SAVED.get(kind)
     if names is None:
-        names = _SAVED[kind] = tuple(a for a in dir(node) if a.startswith("_saved_"))
-    found = [getattr(node, a) for a in names]
-    if not names and hasattr(node, "saved_tensors"):  # a custom autograd.Function
-        found.extend(node.saved_tensors)
-    return found
+        names = tuple(a for a in dir(node) if a.startswith("_saved_"))
+        if not names and hasattr(node, "saved_tensors"):
+            names = ("saved_tensors",)
+        _SAVED[kind] = names
+    return names
+
+
+def _add_storage(storages: dict[int, int], t: Any) -> None:
+    if isinstance(t, torch.Tensor):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    elif isinstance(t, list | tuple):
+        for u in t:
+            _add_storage(storages, u)
 
 
 def graph_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes held by `tensors` and every tensor their autograd graph saved for backward
     (each storage once): what a kept graph really costs the residual budget."""
     storages: dict[int, int] = {}
-
-    def add(t: Any) -> None:
-        if isinstance(t, torch.Tensor):
-            st = t.untyped_storage()
-            storages[st.data_ptr()] = st.nbytes()
-        elif isinstance(t, list | tuple):
-            for u in t:
-                add(u)
-
+    stack: list[Any] = []
     for t in tensors:
-        add(t)
-    stack: list[Any] = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        _add_storage(storages, t)
+        if t.grad_fn is not None:
+            stack.append(t.grad_fn)
     seen: set[Any] = set()
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node in seen:
             continue
         seen.add(node)
-        for t in _saved(node):
-            add(t)
-        stack.extend(f for f, _ in node.next_functions)
+        for name in _saved_names(node):
+            _add_storage(storages, getattr(node, name))
+        stack.extend(f for f, _ in node.next_functions if f is not None)
     return sum(storages.values())
 
 
