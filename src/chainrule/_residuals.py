@@ -58,8 +58,13 @@ class Handle:
     _number: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        well_formed = isinstance(self.id, str) and _HANDLE.fullmatch(self.id)
-        object.__setattr__(self, "_number", int(self.id[1:17], 16) >> 1 if well_formed else -1)
+        # No format check here (`parse` does it): an id that is not a handle's gets some
+        # number or -1, and a lookup compares the whole id anyway.
+        try:
+            number = int(self.id[1:17], 16) >> 1
+        except (TypeError, ValueError):
+            number = -1
+        object.__setattr__(self, "_number", number)
 
     @classmethod
     def new(cls, component: str) -> Handle:
