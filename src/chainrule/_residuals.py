@@ -187,37 +187,51 @@ def fingerprint(inputs: BaseModel) -> bytes | None:
     text: list[str] = []
     arrays: list[np.ndarray] = []
     try:
-        if flat is not None:  # the common case, in one loop without walking annotations
+        if flat is not None:  # the common case, in one loop (~2 µs for a small call)
             values = inputs.__dict__
             for name, spec in flat:
                 value = values[name]
                 if spec is not None and value is not None:
                     arrays.append(_array(name, value, text))
                 else:
-                    text.append(_static_part(name, value))
+                    kind = type(value)
+                    exact = kind in _EXACT
+                    text.append(
+                        f"{name}={kind.__name__}:{value!r}" if exact else _static_part(name, value)
+                    )
         else:
             arrays = [_array(x.path, x.value, text) for x in _tree.leaves(inputs)]
             text += [_static_part(p, v) for p, v in _tree.static_values(inputs)]
     except _Opaque:
         return None
-    h = xxhash.xxh3_128(";".join(text).encode())
+    head = ";".join(text).encode()
+    if sum(a.nbytes for a in arrays) <= _SMALL:  # one call on one buffer beats streaming
+        return xxhash.xxh3_128_digest(head + b"".join(a.tobytes() for a in arrays))
+    h = xxhash.xxh3_128(head)
     for a in arrays:
         h.update(a.data if a.flags.c_contiguous else np.ascontiguousarray(a).data)
     return h.digest()
 
 
+_SMALL = 1 << 16
+_DTYPE_TEXT: dict[np.dtype, str] = {}  # dtype -> its text (`<f8`): `dtype.str` is slow-ish
+
+
 def _array(name: str, value: Any, text: list[str]) -> np.ndarray:
     """`value` as a numpy array, its path, dtype and shape appended to `text`."""
     array = value if type(value) is np.ndarray else np.asarray(value)
-    if array.dtype.hasobject:  # references: their bytes say nothing of the values
-        raise _Opaque("object array")
-    text.append(f"{name}:{array.dtype.str}{array.shape}")
+    kind = _DTYPE_TEXT.get(array.dtype)
+    if kind is None:
+        if array.dtype.hasobject:  # references: their bytes say nothing of the values
+            raise _Opaque("object array")
+        kind = _DTYPE_TEXT[array.dtype] = array.dtype.str
+    text.append(f"{name}:{kind}{array.shape}")
     return array
 
 
 def _static_part(name: str, value: Any) -> str:
     kind = type(value)
-    if kind in _EXACT:  # most static values, without another call
+    if kind in _EXACT:
         return f"{name}={kind.__name__}:{value!r}"
     return f"{name}={_static(value)}"
 
