@@ -112,7 +112,7 @@ class Point:
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
         if residual is not None and residual.outputs is not None:
-            return dict(residual.outputs)
+            return _shape_leaves(residual.outputs)
         outputs = self.outputs if residual is None else None
         if outputs is None:
             outputs = self.component._cheap_shapes(self)
@@ -652,12 +652,14 @@ class Component:
         self.backend.close()
 
 
-def _output_shapes(out: Schema) -> dict[str, _tree.Leaf]:
-    """The output leaves with `ShapeDtype` values (what a residual keeps of its outputs)."""
-    return {
-        x.path: _tree.Leaf(x.path, x.spec, ShapeDtype(tuple(x.value.shape), x.value.dtype))
-        for x in _tree.leaves(out)
-    }
+def _output_shapes(out: Schema) -> list[tuple[str, ArraySpec, Any, Any]]:
+    """What a residual keeps of its outputs: (path, spec, shape, dtype) of each leaf, no data
+    (plain tuples: cheap to make on every keep; `_shape_leaves` builds leaves when needed)."""
+    return [(x.path, x.spec, x.value.shape, x.value.dtype) for x in _tree.leaves(out)]
+
+
+def _shape_leaves(shapes: list[tuple[str, ArraySpec, Any, Any]]) -> dict[str, _tree.Leaf]:
+    return {p: _tree.Leaf(p, s, ShapeDtype(tuple(shape), dtype)) for p, s, shape, dtype in shapes}
 
 
 def _shapes_of(out: Schema) -> Schema:

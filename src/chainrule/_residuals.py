@@ -103,7 +103,7 @@ class Residual:
 
     data: Any
     nbytes: int
-    outputs: Any  # {output path: Leaf with a ShapeDtype value}: shapes only, no array data
+    outputs: Any  # [(output path, spec, shape, dtype)]: shapes only, no array data
     fingerprint: bytes | None = None  # None: matches no point
     memo: dict[Any, Any] = field(default_factory=dict)  # e.g. a finite-difference Jacobian
     created: float = field(default_factory=time.monotonic)
