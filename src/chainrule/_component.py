@@ -84,14 +84,18 @@ def _as_paths(sel: Paths) -> tuple[str, ...] | None:
 class Point:
     """A validated input point: the inputs instance and its array leaves by path."""
 
-    def __init__(self, component: Component, inputs: Schema) -> None:
+    def __init__(
+        self, component: Component, inputs: Schema, dims: dict[str, int] | None = None
+    ) -> None:
+        """`dims`: the named dimensions, when the caller knows them already (a framework
+        binding, whose call site fixes every shape); else bound (and checked) here."""
         self.component = component
         self.inputs = inputs
         self.leaves = {leaf.path: leaf for leaf in _tree.leaves(inputs)}
         self.values: dict[str, Any] = {p: leaf.value for p, leaf in self.leaves.items()}
         self.diff = tuple(p for p, leaf in self.leaves.items() if leaf.spec.differentiable)
-        self.dims: dict[str, int] = {}
-        if _tree.has_named_dims(type(inputs)):
+        self.dims: dict[str, int] = {} if dims is None else dims
+        if dims is None and _tree.has_named_dims(type(inputs)):
             fail = _prefixed(ValidationError, f"invalid inputs to component '{component.name}'")
             self.dims = _tree.bind_dims([list(self.leaves.values())], fail)
         self.outputs: Schema | None = None  # filled when some endpoint had to run apply
@@ -511,11 +515,14 @@ class Component:
         out, handle = self._apply_kept(self.point(inputs), keep)
         return (out, handle) if keep else out
 
-    def _apply_kept(self, p: Point, keep: bool) -> tuple[Schema, Handle | None]:
-        """Apply at a validated point; with `keep`, also the handle of the kept residual."""
+    def _apply_kept(
+        self, p: Point, keep: bool, made_at: bytes | None = None
+    ) -> tuple[Schema, Handle | None]:
+        """Apply at a validated point; with `keep`, also the handle of the kept residual
+        (`made_at`: the point's fingerprint, if the caller has it already)."""
         if not keep:
             return self._apply_point(p, keep)[0], None
-        made_at = p.fingerprint()  # before apply: the point the forward pass saw
+        made_at = made_at or p.fingerprint()  # before apply: the point the forward pass saw
         out, residual = self._apply_point(p, keep)
         residual = residual or Residual(None, 0, _output_shapes(out))
         residual.fingerprint = made_at

@@ -31,7 +31,7 @@ from jax.interpreters import mlir
 
 from . import _finite
 from ._component import Component, Point
-from ._residuals import Handle, Residual, fingerprint
+from ._residuals import Handle, Residual, digest, layout
 from ._schema import Schema
 from ._tree import leaves, replace_leaves
 
@@ -73,6 +73,29 @@ class _Spec:
         return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
 
     @functools.cached_property
+    def _print(self) -> tuple[bytes, tuple[int, ...]] | None:
+        """What fingerprints of this site's points share (statics, dtypes and shapes are
+        fixed here): the hashed text, and the order of the arrays (see `_residuals.layout`)."""
+        zeros = [np.zeros(a.shape, a.dtype) for a in map(self.in_aval, range(len(self.in_paths)))]
+        found = layout(self.inputs(zeros))
+        if found is None:
+            return None
+        head, paths, _ = found
+        return head, tuple(self.in_paths.index(p) for p in paths)
+
+    def fingerprint(self, arrays: Sequence[Any]) -> bytes | None:
+        """`_residuals.fingerprint(self.inputs(arrays))`, without building the inputs."""
+        if self._print is None:
+            return None
+        head, order = self._print
+        return digest(head, [np.asarray(arrays[i]) for i in order])
+
+    @functools.cached_property
+    def dims(self) -> dict[str, int]:
+        """The named dimensions its shapes bind (the same for every call at this site)."""
+        return Point(self.component, self.template).dims
+
+    @functools.cached_property
     def lane(self) -> Any:
         """The component backend's host lane for this call site (torch only), or None."""
         comp = self.component
@@ -100,27 +123,28 @@ def _token(handle: Handle | None) -> np.ndarray:
     return np.asarray(handle.number if handle is not None else 0, np.int64)
 
 
-def _residual(spec: _Spec, token: Any, inputs: Schema) -> Residual | None:
-    """The residual kept under `token` if it was made at `inputs` (its fingerprint says so,
+def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
+    """The residual kept under `token` if it was made at `arrays` (its fingerprint says so,
     whatever memory they are in). An unknown token (evicted, or 0) or another point gives None
     and the endpoint recomputes: slower, never wrong."""
     number = int(np.asarray(token))
     if not number:
         return None
-    return spec.component.residuals.get(number, inputs)
+    return spec.component.residuals.get(number, spec.fingerprint(arrays))
 
 
 # ---- host functions (run on concrete numpy arrays) ------------------------------------------
 
 
 def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
-    return Point(spec.component, spec.inputs(arrays))
+    # JAX fixed the shapes to the spec's: its named dimensions need no binding again.
+    return Point(spec.component, spec.inputs(arrays), spec.dims)
 
 
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     lane = spec.lane
     if lane is not None and not _finite.active():
-        made_at = fingerprint(spec.inputs(arrays)) if keep else None
+        made_at = spec.fingerprint(arrays) if keep else None
         outs, residual = lane.apply(spec.template, arrays, keep)
         result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
         if keep:
@@ -130,7 +154,7 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
         return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
     p = _point(spec, arrays)
-    out, handle = spec.component._apply_kept(p, keep)
+    out, handle = spec.component._apply_kept(p, keep, spec.fingerprint(arrays) if keep else None)
     found = {x.path: x.value for x in leaves(out)}
     result = [
         np.asarray(found[path], aval.dtype)
@@ -152,8 +176,8 @@ def _host_jvp(
 ) -> list[np.ndarray]:
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
+    res = _residual(spec, token, arrays)
     p = _point(spec, arrays)
-    res = _residual(spec, token, p.inputs)
     result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
@@ -170,14 +194,13 @@ def _host_vjp(
     comp = spec.component
     c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
     paths = tuple(spec.in_paths[i] for i in wrt)
-    inputs = spec.inputs(arrays)
-    res = _residual(spec, token, inputs)
+    res = _residual(spec, token, arrays)
     lane = spec.lane
     if lane is not None and not batched and not _finite.active() and lane.owns(res):
         assert res is not None
         result = lane.vjp(res, c, paths)
     else:
-        p = Point(comp, inputs)
+        p = _point(spec, arrays)
         result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
