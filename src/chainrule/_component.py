@@ -116,7 +116,9 @@ class Point:
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
         if residual is not None and residual.outputs is not None:
-            return _shape_leaves(residual.outputs)
+            if not isinstance(residual.outputs, dict):  # leaves made once, on first use
+                residual.outputs = _shape_leaves(residual.outputs)
+            return dict(residual.outputs)
         outputs = self.outputs if residual is None else None
         if outputs is None:
             outputs = self.component._cheap_shapes(self)

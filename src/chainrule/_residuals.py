@@ -104,7 +104,7 @@ class Residual:
 
     data: Any
     nbytes: int
-    outputs: Any  # [(output path, spec, shape, dtype)]: shapes only, no array data
+    outputs: Any  # [(output path, spec, shape, dtype)], then {path: Leaf}: shapes, no data
     fingerprint: bytes | None = None  # None: matches no point
     memo: dict[Any, Any] = field(default_factory=dict)  # e.g. a finite-difference Jacobian
     created: float = field(default_factory=time.monotonic)
