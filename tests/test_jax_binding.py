@@ -444,8 +444,8 @@ def test_kept_linearizations_do_not_keep_their_inputs_alive(name: str) -> None:
 # torch, numpy (finite differences), numpy with an author's Jacobian ("written") or vjp
 # ("numpy-vjp"), and JAX with an author's vjp ("jax-vjp", called through the primitive).
 
-XS = jnp.stack([X, 2 * X])
-TS = jnp.stack([T, -T])
+XS = np.stack([X, 2 * X])  # numpy: jnp at import would be float32 (x64 is on only in tests)
+TS = np.stack([T, -T])
 COMPOSED = ["torch", "numpy", "written", "numpy-vjp", "jax-vjp"]
 
 

@@ -1,5 +1,5 @@
 """The public namespace: `__all__` matches the documented names, and optional stacks stay
-optional (`import chainrule` needs only numpy and pydantic)."""
+optional (`import chainrule` needs only numpy, pydantic and xxhash)."""
 
 from __future__ import annotations
 

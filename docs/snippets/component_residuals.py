@@ -28,4 +28,11 @@ smooth.release(handle)  # or let the LRU cache (64 MiB here) evict it
 np.testing.assert_allclose(grad["x"], smooth.vjp({"x": x}, {"y": c})["x"])
 # After release (or eviction) the handle is still accepted; the endpoint recomputes.
 np.testing.assert_allclose(smooth.vjp({"x": x}, {"y": c}, handle=handle)["x"], grad["x"])
+# The handle is used only where the inputs equal the kept ones by value (a fingerprint, not
+# object identity): after changing x in place, the vjp recomputes at the new values.
+_, handle = smooth.apply({"x": x}, keep=True)
+x *= 2.0
+np.testing.assert_allclose(
+    smooth.vjp({"x": x}, {"y": c}, handle=handle)["x"], smooth.vjp({"x": x}, {"y": c})["x"]
+)
 print(out.y, grad["x"])

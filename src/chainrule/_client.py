@@ -326,7 +326,7 @@ class RemoteBackend(Backend):
         answer = self.conn.call("/apply", body, ("outputs", "handle") if keep else ("outputs",))
         if not keep:
             return answer["outputs"], None
-        return answer["outputs"], Residual(answer["handle"], 0, None, p.values)
+        return answer["outputs"], Residual(answer["handle"], 0, None)
 
     def eval_shape(self, p: Point) -> Any:
         answer = self.conn.call(

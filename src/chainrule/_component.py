@@ -33,7 +33,7 @@ from ._errors import (
     UnknownPathError,
     ValidationError,
 )
-from ._residuals import Handle, Residual, ResidualCache
+from ._residuals import Handle, Residual, ResidualCache, fingerprint
 from ._schema import ArraySpec, Schema, ShapeDtype, describe_value, passthrough
 from ._schema import _shape_matches as _shape_ok
 
@@ -100,14 +100,18 @@ def _as_paths(sel: Paths) -> tuple[str, ...] | None:
 class Point:
     """A validated input point: the inputs instance and its array leaves by path."""
 
-    def __init__(self, component: Component, inputs: Schema) -> None:
+    def __init__(
+        self, component: Component, inputs: Schema, dims: dict[str, int] | None = None
+    ) -> None:
+        """`dims`: the named dimensions, when the caller knows them already (a framework
+        binding, whose call site fixes every shape); else bound (and checked) here."""
         self.component = component
         self.inputs = inputs
         self.leaves = {leaf.path: leaf for leaf in _tree.leaves(inputs)}
         self.values: dict[str, Any] = {p: leaf.value for p, leaf in self.leaves.items()}
         self.diff = tuple(p for p, leaf in self.leaves.items() if leaf.spec.differentiable)
-        self.dims: dict[str, int] = {}
-        if _tree.has_named_dims(type(inputs)):
+        self.dims: dict[str, int] = {} if dims is None else dims
+        if dims is None and _tree.has_named_dims(type(inputs)):
             fail = _prefixed(ValidationError, f"invalid inputs to component '{component.name}'")
             self.dims = _tree.bind_dims([list(self.leaves.values())], fail)
         self.outputs: Schema | None = None  # filled when some endpoint had to run apply
@@ -117,9 +121,21 @@ class Point:
         """Static values, shapes and dtypes of the inputs (the key of compiled programs)."""
         return _tree.signature(self.inputs)
 
+    def fingerprint(self) -> bytes | None:
+        """The fingerprint of the point's values now (see `chainrule._residuals.fingerprint`).
+
+        Computed afresh on each call, not cached: a Point can outlive a call while the
+        caller changes its arrays in place.
+        """
+        return fingerprint(self.inputs)
+
     def out_leaves(self, residual: Residual | None, run: bool) -> dict[str, _tree.Leaf] | None:
         """Output leaves (values or ShapeDtype) if known without running apply, or if `run`."""
-        outputs = residual.outputs if residual is not None else self.outputs
+        if residual is not None and residual.outputs is not None:
+            if not isinstance(residual.outputs, dict):  # leaves made once, on first use
+                residual.outputs = _shape_leaves(residual.outputs)
+            return dict(residual.outputs)
+        outputs = self.outputs if residual is None else None
         if outputs is None:
             outputs = self.component._cheap_shapes(self)
         if outputs is None and run:
@@ -452,7 +468,7 @@ class Component:
             outs = ((x.path, x.value) for x in _tree.leaves(out))
             _finite.check_values(self.name, "apply", "output", outs, made=True)
         if residual is not None:
-            residual.outputs = out
+            residual.outputs = _output_shapes(out)  # shapes only: the residual pins no output
         if self.backend.cheap_eval_shape and self.backend.static_shapes:
             self._remember_shapes(p, out)
         return out, residual
@@ -460,10 +476,7 @@ class Component:
     def _remember_shapes(self, p: Point, out: Schema) -> None:
         key = p.signature
         if key not in self._shapes:
-            shapes = {
-                x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)
-            }
-            self._shapes[key] = _tree.replace_leaves(out, shapes)
+            self._shapes[key] = _shapes_of(out)
             while len(self._shapes) > 64:
                 self._shapes.popitem(last=False)
 
@@ -522,13 +535,17 @@ class Component:
         out, handle = self._apply_kept(self.point(inputs), keep)
         return (out, handle) if keep else out
 
-    def _apply_kept(self, p: Point, keep: bool) -> tuple[Schema, Handle | None]:
-        """Apply at a validated point; with `keep`, also the handle of the kept residual."""
-        out, residual = self._apply_point(p, keep)
+    def _apply_kept(
+        self, p: Point, keep: bool, made_at: bytes | None = None
+    ) -> tuple[Schema, Handle | None]:
+        """Apply at a validated point; with `keep`, also the handle of the kept residual
+        (`made_at`: the point's fingerprint, if the caller has it already)."""
         if not keep:
-            return out, None
-        residual = residual or Residual(None, 0, out, p.values)
-        residual.validated = p
+            return self._apply_point(p, keep)[0], None
+        made_at = made_at or p.fingerprint()  # before apply: the point the forward pass saw
+        out, residual = self._apply_point(p, keep)
+        residual = residual or Residual(None, 0, _output_shapes(out))
+        residual.fingerprint = made_at
         return out, self.residuals.put(self.name, residual)
 
     __call__ = apply
@@ -566,7 +583,7 @@ class Component:
     ) -> dict[str, dict[str, np.ndarray]]:
         """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         wrt_paths, of_paths = self._wrt(p, wrt), self._of(p, of, res)
         if not wrt_paths or not of_paths:  # an empty Jacobian; jax and torch cannot build one
             return {o: {} for o in of_paths}
@@ -599,7 +616,7 @@ class Component:
     ) -> dict[str, np.ndarray]:
         """jvp or batched_jvp: validate, then run with the kept residual if there is one."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         t = self._tangents(p, tangents, batched=endpoint.startswith("batched"))
         result: dict[str, np.ndarray] = self._run(
             endpoint, p, res, tangents=t, of=self._of(p, of, res)
@@ -611,7 +628,7 @@ class Component:
     ) -> dict[str, np.ndarray]:
         """vjp or batched_vjp: validate, then run with the kept residual if there is one."""
         p = self.point(inputs)
-        res = self.residuals.get(handle, p.values)
+        res = self.residuals.get(handle, p.inputs)
         c = self._cotangents(p, cotangents, batched=endpoint.startswith("batched"), res=res)
         result: dict[str, np.ndarray] = self._run(
             endpoint, p, res, cotangents=c, wrt=self._wrt(p, wrt)
@@ -694,6 +711,22 @@ class Component:
         """Release open resources (a remote component's connections); calls still work after,
         reconnecting as needed."""
         self.backend.close()
+
+
+def _output_shapes(out: Schema) -> list[tuple[str, ArraySpec, Any, Any]]:
+    """What a residual keeps of its outputs: (path, spec, shape, dtype) of each leaf, no data
+    (plain tuples: cheap to make on every keep; `_shape_leaves` builds leaves when needed)."""
+    return [(x.path, x.spec, x.value.shape, x.value.dtype) for x in _tree.leaves(out)]
+
+
+def _shape_leaves(shapes: list[tuple[str, ArraySpec, Any, Any]]) -> dict[str, _tree.Leaf]:
+    return {p: _tree.Leaf(p, s, ShapeDtype(tuple(shape), dtype)) for p, s, shape, dtype in shapes}
+
+
+def _shapes_of(out: Schema) -> Schema:
+    """`out` with `ShapeDtype` leaves: its shapes, dtypes and static values, no array data."""
+    shapes = {x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)}
+    return _tree.replace_leaves(out, shapes)
 
 
 def _construct_exact(model: type[Schema], data: Any) -> Schema | None:

@@ -31,7 +31,7 @@ from jax.interpreters import mlir
 
 from . import _finite
 from ._component import Component, Point
-from ._residuals import Handle, Residual
+from ._residuals import Handle, Residual, digest, layout
 from ._schema import Schema
 from ._tree import leaves, replace_leaves
 
@@ -73,6 +73,29 @@ class _Spec:
         return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
 
     @functools.cached_property
+    def _print(self) -> tuple[bytes, tuple[int, ...]] | None:
+        """What fingerprints of this site's points share (statics, dtypes and shapes are
+        fixed here): the hashed text, and the order of the arrays (see `_residuals.layout`)."""
+        zeros = [np.zeros(a.shape, a.dtype) for a in map(self.in_aval, range(len(self.in_paths)))]
+        found = layout(self.inputs(zeros))
+        if found is None:
+            return None
+        head, paths, _ = found
+        return head, tuple(self.in_paths.index(p) for p in paths)
+
+    def fingerprint(self, arrays: Sequence[Any]) -> bytes | None:
+        """`_residuals.fingerprint(self.inputs(arrays))`, without building the inputs."""
+        if self._print is None:
+            return None
+        head, order = self._print
+        return digest(head, [np.asarray(arrays[i]) for i in order])
+
+    @functools.cached_property
+    def dims(self) -> dict[str, int]:
+        """The named dimensions its shapes bind (the same for every call at this site)."""
+        return Point(self.component, self.template).dims
+
+    @functools.cached_property
     def lane(self) -> Any:
         """The component backend's host lane for this call site (torch only), or None."""
         comp = self.component
@@ -91,56 +114,50 @@ def _leaf(instance: Schema, path: str) -> Any:
 
 # ---- tokens: kept linearizations crossing the JAX program as int32 scalars ------------------
 #
-# A token is the number of the residual's handle in the component's own cache (handles are
-# numbered from one counter): no table of tokens to keep, and the input arrays live only in
-# the residual, so they go when the component's bounded cache evicts it. 0 means none.
-# int32, not int64: a program whose 64-bit mode is off has no int64 values.
+# A token is the `number` of the residual's handle in the component's own cache (31 bits of
+# its random id): no table of tokens to keep, and the residual holds its own copies of what it
+# needs, so it all goes when the component's bounded cache evicts it. 0 means none. int32, not
+# int64: a program whose 64-bit mode is off has no int64 values.
 
 TOKEN_DTYPE = np.dtype(np.int32)
 
 
 def _token(handle: Handle | None) -> np.ndarray:
-    # After 2**31 handles numbers wrap: an old number names an evicted handle (recomputed).
-    return np.asarray(handle.number % 2**31 if handle is not None else 0, TOKEN_DTYPE)
+    return np.asarray(handle.number if handle is not None else 0, TOKEN_DTYPE)
 
 
 def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
-    """The residual kept under `token` if it was made at these arrays (a derivative callback
-    gets fresh views of the same values). An unknown token (evicted, or 0) gives None and the
-    endpoint recomputes: slower, never wrong."""
+    """The residual kept under `token` if it was made at `arrays` (its fingerprint says so,
+    whatever memory they are in). An unknown token (evicted, or 0) or another point gives None
+    and the endpoint recomputes: slower, never wrong."""
     number = int(np.asarray(token))
     if not number:
         return None
-    values = dict(zip(spec.in_paths, arrays, strict=True))
-    comp = spec.component
-    return comp.residuals.get(Handle.numbered(number, comp.name), values)
+    return spec.component.residuals.get(number, spec.fingerprint(arrays))
 
 
 # ---- host functions (run on concrete numpy arrays) ------------------------------------------
 
 
 def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
-    return Point(spec.component, spec.inputs(arrays))
-
-
-def _point_of(spec: _Spec, res: Residual | None, arrays: Sequence[np.ndarray]) -> Point:
-    """The point of `arrays`: the one `apply` validated when its residual is at hand."""
-    kept = res.validated if res is not None else None
-    return kept if isinstance(kept, Point) else _point(spec, arrays)
+    # JAX fixed the shapes to the spec's: its named dimensions need no binding again.
+    return Point(spec.component, spec.inputs(arrays), spec.dims)
 
 
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     lane = spec.lane
     if lane is not None and not _finite.active():
+        made_at = spec.fingerprint(arrays) if keep else None
         outs, residual = lane.apply(spec.template, arrays, keep)
         result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
         if keep:
             assert residual is not None
+            residual.fingerprint = made_at
             result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
         return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
     p = _point(spec, arrays)
-    out, handle = spec.component._apply_kept(p, keep)
+    out, handle = spec.component._apply_kept(p, keep, spec.fingerprint(arrays) if keep else None)
     found = {x.path: x.value for x in leaves(out)}
     result = [
         np.asarray(found[path], aval.dtype)
@@ -163,7 +180,7 @@ def _host_jvp(
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
     res = _residual(spec, token, arrays)
-    p = _point_of(spec, res, arrays)
+    p = _point(spec, arrays)
     result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
@@ -186,7 +203,7 @@ def _host_vjp(
         assert res is not None
         result = lane.vjp(res, c, paths)
     else:
-        p = _point_of(spec, res, arrays)
+        p = _point(spec, arrays)
         result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)

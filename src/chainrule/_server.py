@@ -226,7 +226,7 @@ def _call(component: Component, name: str, req: dict[str, Any], check: bool) -> 
 def _run_endpoint(component: Component, name: str, req: dict[str, Any]) -> dict[str, Any]:
     handle = req.pop("handle", None)
     if handle is not None:
-        req["handle"] = Handle(handle, component.name)
+        req["handle"] = Handle.parse(handle, component.name)  # 422 if malformed
     inputs = req.pop("inputs")
     if name == "apply":
         if req.get("keep"):

@@ -93,7 +93,10 @@ class _Programs:
         self.in_avals = {
             k: jax.ShapeDtypeStruct(p.values[k].shape, p.values[k].dtype) for k in p.diff
         }
-        inputs, name = p.inputs, p.component.name
+        # The template of the inputs holds shapes, not the first caller's arrays: this cache
+        # outlives the call (on a server, the arrays would pin a request body per signature).
+        shapes = {k: ShapeDtype(v.shape, v.dtype) for k, v in p.values.items()}
+        inputs, name = replace_leaves(p.inputs, shapes), p.component.name
 
         def f(d: Tree, c: Tree) -> tuple[Tree, Tree]:
             with passthrough():
@@ -234,9 +237,12 @@ class JaxBackend(Backend):
         progs, (d, c) = self.programs(p), self._split(p)
         if not keep:
             return self._outputs(progs, *progs.apply(d, c)), None
-        dout, pull, nd = progs.forward(d, c)
-        out = self._outputs(progs, dout, nd)
-        return out, Residual(pull, _nbytes(pull), out, p.values)
+        # JAX may wrap a large aligned numpy array without copying it (and a program may
+        # hand an input back as a residual): the kept closure must not see the caller change
+        # an array in place (or pin a request body), so it gets its own copies.
+        own = {k: np.array(v) for k, v in d.items()}, {k: np.array(v) for k, v in c.items()}
+        dout, pull, nd = progs.forward(*own)
+        return self._outputs(progs, dout, nd), Residual(pull, _nbytes(pull), None)
 
     def eval_shape(self, p: Point) -> Any:
         return self._run(p, lambda: self._eval_shape(p))

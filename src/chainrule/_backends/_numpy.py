@@ -67,8 +67,10 @@ class NumpyBackend(Backend):
         out = self._outputs(p, {})
         if not keep:
             return out, None
-        nbytes = sum(np.asarray(x.value).nbytes for x in leaves(out))
-        return out, Residual({"outputs": out}, nbytes, out, p.values)
+        # Copies: the outputs may be views of the inputs, or arrays the function or the
+        # caller changes later; the base point of finite differences must not move.
+        base = {x.path: np.array(x.value) for x in leaves(out)}
+        return out, Residual(base, sum(v.nbytes for v in base.values()), None)
 
     def eval_shape(self, p: Point) -> Any:
         specs = class_leaves(self.outputs)
@@ -105,8 +107,7 @@ class NumpyBackend(Backend):
 
     def _base(self, p: Point, res: Residual | None, of: tuple[str, ...]) -> Arrays:
         if res is not None and isinstance(res.data, dict):
-            out = {x.path: x.value for x in leaves(res.data["outputs"])}
-            return {o: np.asarray(out[o], dtype=np.float64) for o in of}
+            return {o: np.asarray(res.data[o], dtype=np.float64) for o in of}
         return self._diff_out(p, {}, of)
 
     def _directional(
@@ -188,7 +189,7 @@ class NumpyBackend(Backend):
                 )
                 jac[o][w] = stacked.reshape(out_shape + shape)
         if res is not None:
-            res.memo[key] = jac
+            res.remember(key, jac, sum(v.nbytes for row in jac.values() for v in row.values()))
         return jac
 
     def vjp(

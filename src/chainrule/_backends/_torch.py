@@ -67,6 +67,76 @@ def to_torch(x: Any) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
+def _owned(x: Any) -> torch.Tensor:
+    """A tensor with its own copy of `x`'s values (what a kept graph may hold)."""
+    return torch.from_numpy(np.array(x))
+
+
+def _read_only(tree: Tree) -> Tree:
+    """`_numpy(tree)` with the arrays marked read-only: they are the kept graph's own outputs
+    (backward passes may read them), so the caller must not change them in place."""
+    out = _numpy(tree)
+    for v in out.values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    return out
+
+
+# Autograd node type -> the attributes holding what it saved for backward (`_saved_self`,
+# `_saved_result`, ...; a custom autograd.Function's node has `saved_tensors` instead).
+_SAVED: dict[type, tuple[str, ...]] = {}
+
+
+def _saved_names(node: Any) -> tuple[str, ...]:
+    kind = type(node)
+    names = _SAVED.get(kind)
+    if names is None:
+        names = tuple(a for a in dir(node) if a.startswith("_saved_"))
+        if not names and hasattr(node, "saved_tensors"):
+            names = ("saved_tensors",)
+        _SAVED[kind] = names
+    return names
+
+
+def _add_storage(storages: dict[int, int], t: Any) -> None:
+    if isinstance(t, torch.Tensor):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    elif isinstance(t, list | tuple):
+        for u in t:
+            _add_storage(storages, u)
+
+
+def graph_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes held by `tensors` and every tensor their autograd graph saved for backward
+    (each storage once): what a kept graph really costs the residual budget (~4 µs for a
+    small graph; tensors inlined, as this runs on every kept apply)."""
+    storages: dict[int, int] = {}
+    stack: list[Any] = []
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        if t.grad_fn is not None:
+            stack.append(t.grad_fn)
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for name in _saved_names(node):
+            saved = getattr(node, name)
+            if type(saved) is torch.Tensor:
+                storage = saved.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            elif isinstance(saved, list | tuple):
+                _add_storage(storages, saved)
+        for f, _ in node.next_functions:
+            if f is not None:
+                stack.append(f)
+    return sum(storages.values())
+
+
 def _numpy(tree: Tree) -> Tree:
     """CPU tensors as numpy views (no copy), so the outputs pass the exact-type check instead
     of a second validation that would convert them one by one."""
@@ -97,6 +167,11 @@ class _Graph:
         with torch.enable_grad():
             dout, nd = f(leaves)
         return cls(leaves, dout, {k: v.detach() for k, v in nd.items()})
+
+    def nbytes(self, const: Tree) -> int:
+        """Bytes the graph holds: inputs, constants, outputs and saved intermediates."""
+        held = [*self.inputs.values(), *const.values(), *self.outputs.values()]
+        return graph_bytes([*held, *self.rest.values()])
 
     def detached(self) -> Tree:
         return {k: v.detach() for k, v in self.outputs.items()}
@@ -238,22 +313,26 @@ class TorchBackend(Backend):
 
         return f
 
-    def _split(self, p: Point) -> tuple[Tree, Tree]:
-        d = {k: to_torch(p.values[k]) for k in p.diff}
-        return d, {k: to_torch(v) for k, v in p.values.items() if k not in d}
+    def _split(
+        self, p: Point, convert: Callable[[Any], torch.Tensor] = to_torch
+    ) -> tuple[Tree, Tree]:
+        d = {k: convert(p.values[k]) for k in p.diff}
+        return d, {k: convert(v) for k, v in p.values.items() if k not in d}
 
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
-        d, c = self._split(p)
         box: dict[str, Any] = {}
-        f = self._f(p, c, box)
         if not keep:
+            d, c = self._split(p)
             with torch.no_grad():
-                dout, nd = f(d)
+                dout, nd = self._f(p, c, box)(d)
             return replace_leaves(box["template"], _numpy({**dout, **nd})), None
+        # The kept graph gets its own copies of the inputs: from_numpy views would let the
+        # caller change it in place (and pin a request body the budget does not count).
+        d, c = self._split(p, _owned)
+        f = self._f(p, c, box)
         graph = _Graph.record(f, d)
-        out = replace_leaves(box["template"], _numpy({**graph.detached(), **graph.rest}))
-        nbytes = sum(int(v.nbytes) for v in {**d, **graph.outputs}.values())
-        return out, Residual(graph, nbytes, out, p.values)
+        out = replace_leaves(box["template"], _read_only({**graph.detached(), **graph.rest}))
+        return out, Residual(graph, graph.nbytes(c), None)
 
     def eval_shape(self, p: Point) -> Any:
         meta = {
@@ -396,7 +475,8 @@ class HostLane:
     ) -> tuple[list[np.ndarray], Residual | None]:
         """Run the function on `arrays` (the inputs' other fields from `template`): the output
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
-        tensors = {p: to_torch(a) for p, a in zip(self.in_paths, arrays, strict=True)}
+        convert = _owned if keep else to_torch  # a kept graph holds its own copies
+        tensors = {p: convert(a) for p, a in zip(self.in_paths, arrays, strict=True)}
         leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
         inputs = replace_leaves(template, {**tensors, **leaves})
         comp = self.component
@@ -423,9 +503,8 @@ class HostLane:
             else:
                 rest[p] = to_torch(v).detach()
         graph = _Graph(leaves, diff, rest)
-        nbytes = sum(int(v.nbytes) for v in (*leaves.values(), *diff.values()))
-        point = dict(zip(self.in_paths, arrays, strict=True))
-        return result, Residual(graph, nbytes, None, point)
+        const = {p: t for p, t in tensors.items() if p not in leaves}
+        return result, Residual(graph, graph.nbytes(const), None)
 
     def _validated(self, out: Any, template: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs that are not exactly the declared CPU tensors, as numpy arrays converted (or
