@@ -8,6 +8,8 @@ import torch
 import chainrule as cr
 import chainrule.jax as crj
 
+jax.config.update("jax_enable_x64", True)  # this program computes in float64
+
 
 class Inputs(cr.Schema):
     x: cr.Differentiable[cr.Array[("n",), cr.Float64]]

@@ -334,7 +334,9 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
     template = replace_leaves(instance, shapes)
     spec = _spec(component, template, concrete)
     for path, aval in zip(spec.out_paths, spec.out_avals, strict=True):
-        if needs_x64(aval.dtype):  # out_template may be None (declared shapes): use the avals
-            check_x64(component.name, "output", path, aval.dtype, aval.str_short())
+        if needs_x64(aval.dtype):
+            declared = dict(_static_leaves(component.outputs) or ()).get(path)
+            shown = str(declared) if declared is not None else aval.str_short()
+            check_x64(component.name, "output", path, aval.dtype, shown)
     outs = call_p.bind(*values, spec=spec, keep=False, levels=(), sizes=())
     return _results(spec, outs)
