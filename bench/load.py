@@ -178,7 +178,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from components import scale
 
-    from chainrule._serving import load_component
+    from chainrule._transport.http.serving import load_component
 
     print(f"chainrule load benchmark: {clients} clients x {calls} (apply + vjp)")
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -51,8 +51,8 @@ def _median_us(fn: Callable[[], Any], n: int = 3000) -> float:
 
 
 def raw_asgi_round_trip() -> float:
-    from chainrule._http import RawConnection
-    from chainrule._launch import free_port
+    from chainrule._transport.http.raw import RawConnection
+    from chainrule._transport.launch.launch import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _RAW_APP, str(port)])
@@ -78,12 +78,13 @@ def host_crossing(make: Callable[[], Any]) -> float:
     from pipeline import N
 
     import chainrule.jax as crj
-    from chainrule import _jax_primitives as prims
+    from chainrule._bindings.jax import call as _jax_call
+    from chainrule._bindings.jax import primitives as prims
 
     comp = make()
     x = jnp.linspace(0.0, 1.0, N)
     crj.call(comp, {"x": x})
-    spec = next(s for s in crj._SPECS.values() if s.component is comp)
+    spec = next(s for s in _jax_call._SPECS.values() if s.component is comp)
     arrays, ct = [np.asarray(x)], [np.ones(N)]
 
     def crossing() -> None:

@@ -248,7 +248,7 @@ def run(quick: bool, rounds: int, profile: bool) -> None:
     python = peer_env.python()
     if not peer_env.is_built():
         python = peer_env.build()
-    from chainrule._launch import free_port
+    from chainrule._transport.launch.launch import free_port
 
     tmp = tempfile.mkdtemp(prefix="peer-bench-")
     procs: list[subprocess.Popen[bytes]] = []

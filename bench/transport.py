@@ -44,7 +44,7 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`chainrule serve target` in its own process on a free port (its TMPDIR set if given),
     once `/health` answers; returns (process, url)."""
-    from chainrule._launch import free_port
+    from chainrule._transport.launch.launch import free_port
 
     port = free_port()
     env = {**os.environ, "TMPDIR": tmpdir} if tmpdir is not None else None

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 import chainrule as cr
-from chainrule._cli import app
-from chainrule._launch import free_port
-from chainrule._serving import load_component
+from chainrule._cli.app import app
+from chainrule._transport.http.serving import load_component
+from chainrule._transport.launch.launch import free_port
 
 CLI = [sys.executable, "-m", "chainrule"]
 
@@ -127,7 +127,7 @@ def test_serve_a_folder_execs_its_own_environment(
 ) -> None:
     """The environment is built from chainrule.toml and its python serves the folder's entry
     with the same options; the token travels in the environment, not on the command line."""
-    from chainrule import _env
+    from chainrule._transport.launch import env as _env
 
     folder = _folder(tmp_path)
     python = tmp_path / "venv" / "bin" / "python"

@@ -18,8 +18,9 @@ import pytest
 import chainrule as cr
 import hostile
 from cases import BACKENDS, CASES, Case, build
-from chainrule import _tree, _wire
-from chainrule._client import Connection
+from chainrule._schema import tree as _tree
+from chainrule._transport import wire as _wire
+from chainrule._transport.http.client import Connection
 
 CONTENT_TYPES = [_wire.BINARY, _wire.JSON]
 
@@ -386,7 +387,7 @@ def test_a_slow_answer_times_out() -> None:
 
 
 def test_undecodable_answer_is_a_transport_error() -> None:
-    from chainrule._client import _server_error
+    from chainrule._transport.http.client import _server_error
 
     error = _server_error(502, bytearray(b"<html>bad gateway</html>"), "http://h:1/apply")
     assert isinstance(error, cr.TransportError)

@@ -57,7 +57,7 @@ def test_apply_and_eval_shape_agree(case: Case, backend: str) -> None:
         assert backend in ("numpy", "written"), e
         assert "needs apply" in str(e)
         return
-    from chainrule._tree import leaves
+    from chainrule._schema.tree import leaves
 
     got = {x.path: (tuple(x.value.shape), np.dtype(x.value.dtype)) for x in leaves(shapes)}
     want = {x.path: (x.value.shape, x.value.dtype) for x in leaves(out)}

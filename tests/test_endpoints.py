@@ -7,7 +7,7 @@ import pytest
 
 import chainrule as cr
 from cases import VecIn, VecOut
-from chainrule._endpoints import ENDPOINTS, RULES, Impl, resolve
+from chainrule._component.endpoints import ENDPOINTS, RULES, Impl, resolve
 
 
 def _impl(name: str, cost: float) -> Impl:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chainrule._env import (
+from chainrule._schema.errors import LaunchError
+from chainrule._transport.launch.env import (
     STAMP,
     ComponentSpec,
     build_env,
@@ -28,7 +29,6 @@ from chainrule._env import (
     pip_settings,
     uv_environment,
 )
-from chainrule._errors import LaunchError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINIMAL = {"name": "band", "entry": "component.py:band"}
@@ -141,7 +141,7 @@ def test_an_entry_linked_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     msg = info.value.message
     assert "key 'entry': expected 'file.py:object' naming a file inside the component" in msg
     assert f"got 'component.py:comp', which resolves to {outside}, outside {folder}" in msg
-    from chainrule._serving import load_component
+    from chainrule._transport.http.serving import load_component
 
     with pytest.raises(LaunchError, match=r"which resolves to .*, outside"):
         load_component(str(folder))  # `chainrule serve <folder>` refuses it too
@@ -166,7 +166,7 @@ def test_hash_ignores_requirement_order_and_changes_with_content() -> None:
 def test_hash_differs_between_checkouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An environment installs chainrule editable from one checkout: another checkout with the
     same pyproject.toml must not reuse it (it would run the first checkout's code)."""
-    from chainrule import _env
+    from chainrule._transport.launch import env as _env
 
     spec = _spec(requirements=["numpy"])
     here = env_hash(spec)
@@ -179,7 +179,7 @@ def test_hash_differs_between_checkouts(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_hash_is_stable_across_processes() -> None:
     code = (
-        "from chainrule._env import parse_spec, env_hash;"
+        "from chainrule._transport.launch.env import parse_spec, env_hash;"
         "print(env_hash(parse_spec({'name': 'band', 'entry': 'component.py:band',"
         "'requirements': ['numpy<2']})))"
     )
@@ -401,14 +401,14 @@ def test_the_check_of_every_launch_is_cheap() -> None:
 def _cli(*args: str) -> tuple[int, str, str]:
     from typer.testing import CliRunner
 
-    from chainrule._cli import app
+    from chainrule._cli.app import app
 
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_env_list_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chainrule import _env_cache
+    from chainrule._transport.launch import env_cache as _env_cache
 
     cache = tmp_path / "cache"
     _fake_env(cache, Path(sys.executable), "py3.11-aaaaaaaaaaaaaaaa")
@@ -445,7 +445,7 @@ def test_env_list_and_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_prune_keeps_what_a_running_server_uses(tmp_path: Path) -> None:
-    from chainrule import _servers
+    from chainrule._transport.launch import servers as _servers
 
     venv = _fake_env(tmp_path, Path(sys.executable))
     entry = _servers.ServerRecord(
@@ -489,7 +489,7 @@ def test_a_broken_environment_is_found_and_rebuilt(tmp_path: Path) -> None:
 def _build_capturing(cache: Path) -> str:
     """Build numpy2's environment in a subprocess (not quiet); its stderr."""
     code = (
-        "from chainrule._env import build_env;"
+        "from chainrule._transport.launch.env import build_env;"
         f"build_env({str(FIXTURES / 'numpy2')!r}, cache_dir={str(cache)!r})"
     )
     run = subprocess.run(

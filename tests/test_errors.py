@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import chainrule as cr
-from chainrule._errors import _CLASSES, error_from_dict
+from chainrule._schema.errors import _CLASSES, error_from_dict
 
 
 def test_every_error_is_a_chainrule_error() -> None:

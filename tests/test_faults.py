@@ -273,7 +273,7 @@ def test_serve_exits_on_sigterm_while_a_call_hangs(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from chainrule._launch import free_port
+    from chainrule._transport.launch.launch import free_port
 
     (tmp_path / "hang.py").write_text(SERVE_HANG)
     port = free_port()

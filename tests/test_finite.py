@@ -14,6 +14,7 @@ import pytest
 
 import chainrule as cr
 import chainrule.jax as crj
+from chainrule._component import finite
 
 
 class In(cr.Schema):
@@ -59,7 +60,7 @@ def _pipeline(shift: cr.Component, root: cr.Component) -> Any:
 @pytest.mark.usefixtures("x64")  # a JAX program in float64
 def test_off_by_default_nan_flows_silently() -> None:
     loss = _pipeline(_shift(), _sqrt())
-    assert not cr._finite.active()
+    assert not finite.active()
     assert np.isnan(jax.jit(loss)(jnp.array([0.5, 2.0])))
 
 
@@ -74,7 +75,7 @@ def test_names_the_component_and_output_where_nan_first_appears() -> None:
     assert "component 'root' produced a non-finite output 'y' in apply" in message
     assert "1 NaN of 3; first at index [1]" in message
     assert caught.value.errors[0]["path"] == "y"
-    assert not cr._finite.active(), "the context manager restores the previous setting"
+    assert not finite.active(), "the context manager restores the previous setting"
     # the same point without the check: NaN in the value, no error
     value, _ = jax.jit(jax.value_and_grad(loss))(x)
     assert np.isnan(value)
@@ -116,7 +117,7 @@ def test_a_served_pipeline_names_the_component_inside_the_server() -> None:
 
 
 def test_environment_variable_turns_it_on_for_a_process() -> None:
-    code = "import chainrule as cr; print(cr._finite.active())"
+    code = "import chainrule; from chainrule._component import finite; print(finite.active())"
     env = {**os.environ, "CHAINRULE_CHECK_FINITE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr

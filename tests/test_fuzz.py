@@ -33,7 +33,7 @@ from schemathesis import GenerationMode
 
 import chainrule as cr
 from cases import CASES, NestIn, NestOut, Pair, build
-from chainrule import _wire
+from chainrule._transport import wire as _wire
 
 # Examples per schemathesis operation and mode (the binary tests below ask for more).
 # derandomize: the same examples on every run (CI stays deterministic); database=None: no

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
-from chainrule import _wire
+from chainrule._transport import wire as _wire
 from handle_components import BACKENDS, exact_vjp, make
 
 pytestmark = pytest.mark.usefixtures("x64")  # its JAX programs compute in float64

@@ -22,6 +22,7 @@ import pytest
 import chainrule as cr
 import chainrule.jax as crj
 from cases import CASES, build
+from chainrule._bindings.jax import call as _jax_call
 
 pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
 
@@ -309,7 +310,7 @@ def test_host_callbacks_skip_pure_callback_and_fall_back_to_it() -> None:
     """Under the pinned JAX the primitives emit their host callbacks directly (no device_put
     of every argument); with CHAINRULE_JAX_PURE_CALLBACK=1 (or a JAX without that internal
     emitter) they go through pure_callback, and the transformation tests pass there too."""
-    from chainrule import _jax_primitives
+    from chainrule._bindings.jax import primitives as _jax_primitives
 
     assert _jax_primitives._EMIT is not None, "the fast host-callback path is not in use"
     selection = "value_and_grad or jvp_vjp or vmap or scan or errors_surface or callback_path"
@@ -326,7 +327,7 @@ def test_host_callbacks_skip_pure_callback_and_fall_back_to_it() -> None:
 
 
 def test_callback_path_matches_the_environment() -> None:
-    from chainrule import _jax_primitives
+    from chainrule._bindings.jax import primitives as _jax_primitives
 
     forced = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
     assert (_jax_primitives._EMIT is None) == forced
@@ -337,7 +338,7 @@ def test_callback_path_matches_the_environment() -> None:
 
 def _torch_lane_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the lane's apply calls (a spy that still runs it)."""
-    from chainrule._backends._torch import HostLane
+    from chainrule._component.backends.torch import HostLane
 
     calls: list[int] = []
     original = HostLane.apply
@@ -360,7 +361,7 @@ def test_torch_lane_gives_the_generic_paths_results_bit_for_bit(
     fast = (*f(X), forward(X))
     assert len(calls) == 2, "the lane did not serve the calls"
     served = len(calls)
-    for spec in crj._SPECS.values():
+    for spec in _jax_call._SPECS.values():
         if spec.component is comp:
             monkeypatch.setitem(spec.__dict__, "lane", None)  # the cached property's slot
     generic = (*f(X), forward(X))
@@ -423,11 +424,11 @@ def test_kept_linearizations_do_not_keep_their_inputs_alive(name: str) -> None:
     import gc
     import weakref
 
-    from chainrule import _jax_primitives
+    from chainrule._bindings.jax import primitives as _jax_primitives
 
     comp = build(CASES[0], name)
     through(comp)(X)
-    spec = next(s for s in crj._SPECS.values() if s.component is comp)
+    spec = next(s for s in _jax_call._SPECS.values() if s.component is comp)
     arrays = [np.array(X)]
     alive = weakref.ref(arrays[0])
     token = _jax_primitives._host_apply(spec, True, arrays)[-1]

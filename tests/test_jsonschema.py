@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule import _tree
-from chainrule._client import Connection
-from chainrule._jsonschema import schema_from_json
+from chainrule._schema import tree as _tree
+from chainrule._schema.jsonschema import schema_from_json
+from chainrule._transport.http.client import Connection
 
 F64 = cr.Float64
 
@@ -273,7 +273,7 @@ def deep(draw: st.DrawFn) -> Any:
 
 
 def _built_or_refused(document: Any) -> None:
-    from chainrule._client import remote_component
+    from chainrule._transport.http.client import remote_component
 
     try:
         component = remote_component(CONN, document)
@@ -303,7 +303,7 @@ def test_deeply_nested_schemas_build_or_are_refused_saying_why(document: Any) ->
 
 
 def test_the_valid_document_builds() -> None:
-    from chainrule._client import remote_component
+    from chainrule._transport.http.client import remote_component
 
     component = remote_component(CONN, VALID)
     assert component.name == "fuzzed"

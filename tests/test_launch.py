@@ -25,11 +25,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chainrule import _launch, _servers
-from chainrule._cli import app
-from chainrule._env import cache_root, load_spec
-from chainrule._errors import LaunchError
-from chainrule._launch import Launched, _healthy, _server_env, free_port, launch, server_command
+from chainrule._cli.app import app
+from chainrule._schema.errors import LaunchError
+from chainrule._transport.launch import launch as _launch
+from chainrule._transport.launch import servers as _servers
+from chainrule._transport.launch.env import cache_root, load_spec
+from chainrule._transport.launch.launch import (
+    Launched,
+    _healthy,
+    _server_env,
+    free_port,
+    launch,
+    server_command,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STANDIN = FIXTURES / "standin"
@@ -186,7 +194,7 @@ def test_servers_are_stopped_at_interpreter_exit(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        from chainrule._launch import launch
+        from chainrule._transport.launch.launch import launch
         command = lambda host, port: [sys.executable, {str(STANDIN / "server.py")!r},
                                       "--host", host, "--port", str(port)]
         launched = launch({str(STANDIN)!r}, _command=command)
@@ -231,8 +239,8 @@ def _descendants(pid: int) -> set[int]:
 _PARENT = """
 import functools, os, sys, time
 from pathlib import Path
-from chainrule._env import load_spec
-from chainrule._launch import launch, server_command
+from chainrule._transport.launch.env import load_spec
+from chainrule._transport.launch.launch import launch, server_command
 folder = Path({folder!r})
 command = functools.partial(
     server_command, Path(sys.executable), folder, load_spec(folder), workers={workers}
@@ -305,7 +313,7 @@ def test_a_launched_folder_ends_with_its_killed_parent(launch_cache: Path) -> No
     script = textwrap.dedent(
         f"""
         import sys
-        from chainrule._launch import launch
+        from chainrule._transport.launch.launch import launch
         launched = launch({str(FIXTURES / "numpy2")!r}, cache_dir={str(launch_cache)!r}, quiet=True)
         print(launched.process.pid, flush=True)
         sys.stdin.read()
@@ -340,7 +348,7 @@ def test_a_server_launched_from_a_short_lived_thread_outlives_the_thread() -> No
 
 
 def test_wait_for_exit_sees_a_process_that_is_not_its_parent_end() -> None:
-    from chainrule._serving import wait_for_exit
+    from chainrule._transport.http.serving import wait_for_exit
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     done = threading.Event()
@@ -418,7 +426,7 @@ def test_killed_server_is_restarted_and_next_call_succeeds(launch_cache: Path) -
 @pytest.mark.slow
 def test_launched_endpoints_agree_bit_for_bit(launch_cache: Path) -> None:
     """Every endpoint through a launched server equals the in-process result exactly."""
-    from chainrule._serving import load_component
+    from chainrule._transport.http.serving import load_component
 
     cache = launch_cache
     local = load_component(str(FIXTURES / "numpy2" / "component.py") + ":square")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
-from chainrule._serving import load_component
+from chainrule._transport.http.serving import load_component
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import load

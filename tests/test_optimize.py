@@ -15,8 +15,8 @@ import scipy.optimize as scipy_optimize
 import chainrule as cr
 import chainrule.jax as crj
 from cases import CASES, build
-from chainrule._history import History
-from chainrule._optimize import OptimizeResult, optimize
+from chainrule._tools.optimize.history import History
+from chainrule._tools.optimize.optimize import OptimizeResult, optimize
 
 pytestmark = pytest.mark.jax
 

@@ -21,7 +21,7 @@ def test_all_names_import() -> None:
 def test_every_error_class_is_exported() -> None:
     """Every class of the exception tree can reach users (raised, or re-raised by a client),
     so each is importable from `chainrule` (ShapesUnknownError was not)."""
-    from chainrule import _errors
+    from chainrule._schema import errors as _errors
 
     for name, cls in _errors._CLASSES.items():
         assert getattr(cr, name, None) is cls, name

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule._wire_format import BINARY, MAGIC
+from chainrule._transport.wire.format import BINARY, MAGIC
 
 HERE = Path(__file__).parent
 BUDGET = 16 * 2**20

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 
 import chainrule as cr
-from chainrule._residuals import fingerprint
+from chainrule._component.residuals import fingerprint
 
 
 class In(cr.Schema):
@@ -111,7 +111,7 @@ def test_handle_at_other_point_is_not_used(backend: str) -> None:
 
 
 def _kept(cache: cr.ResidualCache, nbytes: int, x: np.ndarray) -> tuple[Any, Any]:
-    from chainrule._residuals import Residual
+    from chainrule._component.residuals import Residual
 
     point = In(x=x)
     return cache.put("c", Residual(None, nbytes, None, fingerprint(point))), point

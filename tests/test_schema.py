@@ -9,7 +9,7 @@ import pytest
 from pydantic import Field
 
 import chainrule as cr
-from chainrule._schema import ArraySpec, array_spec, describe, describe_value, passthrough
+from chainrule._schema.schema import ArraySpec, array_spec, describe, describe_value, passthrough
 
 ALL_DTYPES = [
     cr.Float16,

@@ -26,9 +26,9 @@ import pytest
 
 import chainrule as cr
 import hostile
-from chainrule import _wire
-from chainrule._server import ServerSettings, is_loopback
-from chainrule._serving import check_bind
+from chainrule._transport import wire as _wire
+from chainrule._transport.http.app import ServerSettings, is_loopback
+from chainrule._transport.http.serving import check_bind
 
 TOKEN = "s3cret"
 LIMIT = 8192
@@ -151,8 +151,8 @@ def test_cli_serve_refuses_a_non_loopback_bind_without_a_token(
 ) -> None:
     from typer.testing import CliRunner
 
-    from chainrule import _serving
-    from chainrule._cli import app
+    from chainrule._cli.app import app
+    from chainrule._transport.http import serving as _serving
 
     started: list[Any] = []
     monkeypatch.setattr(_serving, "serve_forever", lambda *a, **k: started.append(a))
@@ -808,7 +808,7 @@ _FRAMED = {
 
 @pytest.mark.parametrize("framing", list(_FRAMED))
 def test_the_answer_limit_holds_however_the_body_is_framed(framing: str) -> None:
-    from chainrule._client import Connection
+    from chainrule._transport.http.client import Connection
 
     with hostile.Hostile({"/apply": hostile.send(_FRAMED[framing])}).running() as server:
         small = Connection(server.url, max_response_bytes=4999)

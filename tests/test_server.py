@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
-from chainrule import _wire
+from chainrule._transport import wire as _wire
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "openapi.json"
 LIMIT = 4096

@@ -19,7 +19,7 @@ import torch.autograd.forward_ad as fwad
 import chainrule as cr
 import chainrule.torch as crt
 from cases import CASES, Case, build
-from chainrule._tree import leaves
+from chainrule._schema.tree import leaves
 
 KINDS = ["jax", "torch", "numpy", "written", "torch-written"]
 VECTOR = CASES[0]

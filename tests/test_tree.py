@@ -1,4 +1,4 @@
-"""Tests of flattening schema instances into leaves by path (`chainrule._tree`)."""
+"""Tests of flattening schema instances into leaves by path (`chainrule._schema.tree`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pydantic import Field
 
 import chainrule as cr
-from chainrule._tree import (
+from chainrule._schema.tree import (
     Leaf,
     bind_dims,
     class_leaves,

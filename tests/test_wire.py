@@ -1,4 +1,4 @@
-"""Tests of the HTTP wire format (`chainrule._wire`, spec in docs/wire-format.md)."""
+"""Tests of the HTTP wire format (`chainrule._transport.wire`, spec in docs/wire-format.md)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from chainrule import _wire
-from chainrule._errors import ValidationError, WireFormatError
-from chainrule._wire import (
+from chainrule._schema.errors import ValidationError, WireFormatError
+from chainrule._transport.wire import (
     ALIGNMENT,
     BINARY,
     DTYPES,
@@ -26,6 +25,7 @@ from chainrule._wire import (
     decode,
     encode,
 )
+from chainrule._transport.wire import encoder as _wire_encode
 
 BOTH = pytest.mark.parametrize("content_type", [BINARY, JSON])
 # database=None: no .hypothesis/ folder in the work tree; examples stay fast and reproducible.
@@ -652,13 +652,13 @@ def test_cached_headers_encode_like_the_general_path(first: Any, second: Any) ->
     layouts that differ only in types (1 vs True, shapes, dtypes) never share a header."""
     for tree in (first, second, first):
         cached = encode(tree)
-        _wire._LAYOUTS.clear()
+        _wire_encode._LAYOUTS.clear()
         assert encode(tree) == cached
         roundtrip(tree, BINARY)
 
 
 def test_header_cache_keeps_types_and_shapes_apart() -> None:
-    _wire._LAYOUTS.clear()
+    _wire_encode._LAYOUTS.clear()
     trees = [
         {"a": 1}, {"a": True}, {"a": "1"}, {"a": None}, {"b": 1},
         {"a": np.zeros(2)}, {"a": np.zeros((1, 2))}, {"a": np.zeros(2, np.float32)},
@@ -668,7 +668,7 @@ def test_header_cache_keeps_types_and_shapes_apart() -> None:
     for _ in range(2):  # the second round answers every header from the cache
         for tree in trees:
             assert_same(decode(encode(tree), BINARY), tree)
-    assert len(_wire._LAYOUTS) == len(trees)
+    assert len(_wire_encode._LAYOUTS) == len(trees)
 
 
 SMALL_BODY = encode({"a": np.arange(4.0), "b": [np.int8(3), {"$array": "x"}], "c": "text"})

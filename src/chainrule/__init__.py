@@ -6,13 +6,12 @@ components, and compose them into pipelines whose gradients flow end to end.
 
 from typing import TYPE_CHECKING, Any
 
-from ._backends import FiniteDifferences
-from ._check import GradientReport, check_gradients
-from ._client import connect
-from ._component import Component, component
-from ._endpoints import ENDPOINTS
-from ._env import ComponentSpec, build_env, load_spec
-from ._errors import (
+from chainrule._component.backends.base import FiniteDifferences
+from chainrule._component.component import Component, component
+from chainrule._component.endpoints import ENDPOINTS
+from chainrule._component.finite import check_finite
+from chainrule._component.residuals import Handle, ResidualCache
+from chainrule._schema.errors import (
     AuthenticationError,
     ChainruleError,
     ComponentError,
@@ -28,10 +27,7 @@ from ._errors import (
     ValidationError,
     WireFormatError,
 )
-from ._finite import check_finite
-from ._launch import Launched, launch
-from ._residuals import Handle, ResidualCache
-from ._schema import (
+from chainrule._schema.schema import (
     Array,
     ArraySpec,
     Bool,
@@ -49,25 +45,29 @@ from ._schema import (
     ShapeDtype,
     UInt8,
 )
+from chainrule._tools.check import GradientReport, check_gradients
+from chainrule._transport.http.client import connect
+from chainrule._transport.launch.env import ComponentSpec, build_env, load_spec
+from chainrule._transport.launch.launch import Launched, launch
 
 if TYPE_CHECKING:
-    from ._history import History, OptimizeResult
-    from ._optimize import optimize
-    from ._server import ServerSettings, create_app
-    from ._serving import Server, serve
+    from chainrule._tools.optimize.history import History, OptimizeResult
+    from chainrule._tools.optimize.optimize import optimize
+    from chainrule._transport.http.app import ServerSettings, create_app
+    from chainrule._transport.http.serving import Server, serve
 
 __version__ = "0.1.0"
 
 # Serving needs fastapi and uvicorn (the `serve` extra), optimization needs jax (the `jax`
 # extra): import those only when asked for.
 _LAZY = {
-    "serve": ("._serving", "serve"),
-    "Server": ("._serving", "serve"),
-    "ServerSettings": ("._server", "serve"),
-    "create_app": ("._server", "serve"),
-    "optimize": ("._optimize", "jax"),
-    "OptimizeResult": ("._history", "jax"),
-    "History": ("._history", "jax"),
+    "serve": ("._transport.http.serving", "serve"),
+    "Server": ("._transport.http.serving", "serve"),
+    "ServerSettings": ("._transport.http.app", "serve"),
+    "create_app": ("._transport.http.app", "serve"),
+    "optimize": ("._tools.optimize.optimize", "jax"),
+    "OptimizeResult": ("._tools.optimize.history", "jax"),
+    "History": ("._tools.optimize.history", "jax"),
 }
 
 

@@ -1,5 +1,5 @@
 """`python -m chainrule` runs the command line."""
 
-from ._cli import main
+from chainrule._cli.app import main
 
 main()

@@ -1,0 +1,434 @@
+"""The four JAX primitives behind `chainrule.jax.call` and the host functions they run.
+
+`chainrule.jax.call` turns a component that JAX cannot trace (PyTorch, NumPy, remote) into a
+`call_p` equation; its derivatives are `jvp_p`, `vjp_p` and `hvp_p` equations (see the
+`chainrule.jax` docstring for what each computes). This module holds what those primitives
+are made of: the static `_Spec` of a call site (their `spec` parameter), the tokens naming a
+kept linearization, the host functions run on concrete numpy arrays through
+`jax.pure_callback`, the loop over batching levels, and the store of component errors that
+cannot cross XLA. Their differentiation and vmap rules live in `rules`; `chainrule.jax`
+builds the specs and binds `call_p`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.extend as jax_extend
+import jax.numpy as jnp
+import numpy as np
+from jax.interpreters import mlir
+
+from chainrule._component import finite as _finite
+from chainrule._component.carried import carry
+from chainrule._component.component import Component, Point
+from chainrule._component.residuals import Handle, Residual, digest, layout
+from chainrule._schema.schema import Schema
+from chainrule._schema.tree import leaves, replace_leaves
+
+Prim = jax_extend.core.Primitive
+
+
+# ---- the static description of one call site -----------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Spec:
+    """Everything static about a call: the component, input/output leaves and avals."""
+
+    component: Component
+    template: Schema  # inputs with ShapeDtype leaves (static values filled in)
+    in_paths: tuple[str, ...]
+    in_diff: tuple[bool, ...]
+    out_template: Schema | None  # outputs with ShapeDtype leaves (None: static values unknown)
+    out_paths: tuple[str, ...]
+    out_avals: tuple[jax.core.ShapedArray, ...]
+    out_diff: tuple[bool, ...]
+    key: tuple[Any, ...]
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spec) and self.key == other.key
+
+    def in_aval(self, i: int) -> jax.core.ShapedArray:
+        leaf = _leaf(self.template, self.in_paths[i])
+        return jax.core.ShapedArray(leaf.shape, leaf.dtype)
+
+    @property
+    def diff_outs(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.out_diff) if d)
+
+    def inputs(self, arrays: Sequence[Any]) -> Schema:
+        return replace_leaves(self.template, dict(zip(self.in_paths, arrays, strict=True)))
+
+    @functools.cached_property
+    def _print(self) -> tuple[bytes, tuple[int, ...]] | None:
+        """What fingerprints of this site's points share (statics, dtypes and shapes are
+        fixed here): the hashed text, and the order of the arrays (see
+        `chainrule._component.residuals.layout`)."""
+        zeros = [np.zeros(a.shape, a.dtype) for a in map(self.in_aval, range(len(self.in_paths)))]
+        found = layout(self.inputs(zeros))
+        if found is None:
+            return None
+        head, paths, _ = found
+        return head, tuple(self.in_paths.index(p) for p in paths)
+
+    def fingerprint(self, arrays: Sequence[Any]) -> bytes | None:
+        """`residuals.fingerprint(self.inputs(arrays))`, without building the inputs."""
+        if self._print is None:
+            return None
+        head, order = self._print
+        return digest(head, [np.asarray(arrays[i]) for i in order])
+
+    @functools.cached_property
+    def dims(self) -> dict[str, int]:
+        """The named dimensions its shapes bind (the same for every call at this site)."""
+        return Point(self.component, self.template).dims
+
+    @functools.cached_property
+    def lane(self) -> Any:
+        """The component backend's host lane for this call site (torch only), or None."""
+        comp = self.component
+        if comp.backend.name != "torch":
+            return None
+        from chainrule._component.backends.torch import HostLane
+
+        if not HostLane.usable(comp, self.in_paths, self.out_paths):
+            return None
+        return HostLane(comp, self.in_paths, self.out_paths)
+
+
+def _leaf(instance: Schema, path: str) -> Any:
+    return next(x.value for x in leaves(instance) if x.path == path)
+
+
+# ---- tokens: kept linearizations crossing the JAX program as int32 scalars ------------------
+#
+# A token is the `number` of the residual's handle in the component's own cache (31 bits of
+# its random id): no table of tokens to keep, and the residual holds its own copies of what it
+# needs, so it all goes when the component's bounded cache evicts it. 0 means none. int32, not
+# int64: a program whose 64-bit mode is off has no int64 values.
+
+TOKEN_DTYPE = np.dtype(np.int32)
+
+
+def _token(handle: Handle | None) -> np.ndarray:
+    return np.asarray(handle.number if handle is not None else 0, TOKEN_DTYPE)
+
+
+def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual | None:
+    """The residual kept under `token` if it was made at `arrays` (its fingerprint says so,
+    whatever memory they are in). An unknown token (evicted, or 0) or another point gives None
+    and the endpoint recomputes: slower, never wrong."""
+    number = int(np.asarray(token))
+    if not number:
+        return None
+    return spec.component.residuals.get(number, spec.fingerprint(arrays))
+
+
+# ---- host functions (run on concrete numpy arrays) ------------------------------------------
+
+
+def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
+    # JAX fixed the shapes to the spec's: its named dimensions need no binding again.
+    return Point(spec.component, spec.inputs(arrays), spec.dims)
+
+
+def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    lane = spec.lane
+    if lane is not None and not _finite.active():
+        made_at = spec.fingerprint(arrays) if keep else None
+        outs, residual = lane.apply(spec.template, arrays, keep)
+        result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
+        if keep:
+            assert residual is not None
+            residual.fingerprint = made_at
+            result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
+        return result
+    # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
+    p = _point(spec, arrays)
+    out, handle = spec.component._apply_kept(p, keep, spec.fingerprint(arrays) if keep else None)
+    found = {x.path: x.value for x in leaves(out)}
+    result = [
+        np.asarray(found[path], aval.dtype)
+        for path, aval in zip(spec.out_paths, spec.out_avals, strict=True)
+    ]
+    if keep:
+        result.append(_token(handle))
+    return result
+
+
+def _host_jvp(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    batched: bool,
+    token: Any,
+    arrays: Sequence[np.ndarray],
+    tangents: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
+    t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
+    res = _residual(spec, token, arrays)
+    p = _point(spec, arrays)
+    result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
+    return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
+
+
+def _host_vjp(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    batched: bool,
+    token: Any,
+    arrays: Sequence[np.ndarray],
+    cts: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    comp = spec.component
+    c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
+    paths = tuple(spec.in_paths[i] for i in wrt)
+    res = _residual(spec, token, arrays)
+    lane = spec.lane
+    if lane is not None and not batched and not _finite.active() and lane.owns(res):
+        assert res is not None
+        result = lane.vjp(res, c, paths)
+    else:
+        p = _point(spec, arrays)
+        result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
+    return [
+        np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
+    ]
+
+
+def _host_hvp(
+    spec: _Spec,
+    moved: tuple[int, ...],
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    args: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    """H·v for inputs `wrt`, H the Hessian of Σ⟨w_o, y_o⟩ over outputs `of`, v on `moved`."""
+    n, m = len(spec.in_paths), len(of)
+    arrays, weights, vs = args[:n], args[n : n + m], args[n + m :]
+    paths = tuple(spec.in_paths[i] for i in wrt)
+    result = spec.component._run(
+        "hvp",
+        _point(spec, arrays),
+        None,
+        tangents={spec.in_paths[i]: v for i, v in zip(moved, vs, strict=True)},
+        cotangents={spec.out_paths[o]: w for o, w in zip(of, weights, strict=True)},
+        wrt=paths,
+    )
+    return [
+        np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
+    ]
+
+
+# ---- batching: a stack of leading axes, each looped over or handed to a batched endpoint ----
+
+
+def _run_levels(
+    host: Callable[..., list[np.ndarray]],
+    levels: tuple[str, ...],
+    args: list[np.ndarray],
+    linear: Sequence[bool],
+) -> list[np.ndarray]:
+    """Run `host` over the leading axes named by `levels` ("loop" or "batched")."""
+    if not levels or levels == ("batched",):
+        return host(args, batched=bool(levels))
+    if levels[0] == "batched":  # only an innermost batched level is supported
+        raise AssertionError(levels)
+    size = len(args[0]) if args else 0
+    rows = [_run_levels(host, levels[1:], [a[b] for a in args], linear) for b in range(size)]
+    return [np.stack([r[k] for r in rows]) for k in range(len(rows[0]))] if rows else []
+
+
+def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> list[np.ndarray]:
+    try:
+        return host([np.asarray(x) for x in args])
+    except Exception as e:
+        raise carry(e) from e
+
+
+def _callback(
+    host: Callable[..., list[np.ndarray]], avals: Sequence[Any], args: Sequence[Any]
+) -> list[Any]:
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    return list(jax.pure_callback(lambda *xs: _host_call(host, xs), shapes, *args))
+
+
+def _emitter() -> Callable[..., Any] | None:
+    """JAX's own host-callback emitter, if this JAX has the one we know.
+
+    `jax.pure_callback` puts every argument on a device as a `jax.Array` before calling the
+    host function (~50-100 µs per argument, measured), only for the host to turn it back into
+    numpy. Emitting the callback directly hands the host the numpy views XLA already has. The
+    emitter is internal to JAX, so any other JAX falls back to `pure_callback`; so does
+    setting the environment variable `CHAINRULE_JAX_PURE_CALLBACK=1` (an escape hatch).
+    """
+    if os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0"):
+        return None
+    try:
+        from jax._src.callback import emit_python_callback
+    except ImportError:  # pragma: no cover - depends on the JAX version
+        return None
+    params = inspect.signature(emit_python_callback).parameters
+    wanted = ("ctx", "callback", "token", "operands", "operand_avals", "result_avals")
+    if tuple(params)[:6] != wanted or not {"has_side_effect", "returns_token"} <= set(params):
+        return None  # pragma: no cover - depends on the JAX version
+    return emit_python_callback
+
+
+_EMIT = _emitter()
+
+
+def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:
+    return [jax.core.ShapedArray(sizes + tuple(a.shape), a.dtype) for a in avals]
+
+
+# ---- primitives -------------------------------------------------------------------------------
+
+
+def _define(
+    name: str,
+    host_of: Callable[..., Callable[..., list[np.ndarray]]],
+    avals_of: Callable[..., list[Any]],
+) -> Prim:
+    """A multiple-results primitive run by a host callback, with eager and jit paths."""
+    prim = Prim(name)
+    prim.multiple_results = True
+
+    def host_for(params: dict[str, Any]) -> Callable[..., list[np.ndarray]]:
+        if 0 in params["sizes"]:  # an empty batch (jacrev of a zero-size output): no call
+            avals = avals_of(**params)
+            return lambda args: [np.zeros(a.shape, a.dtype) for a in avals]
+        return host_of(**params)
+
+    def impl(*args: Any, **params: Any) -> list[Any]:
+        host = host_for(params)
+        return [jnp.asarray(x) for x in host([np.asarray(a) for a in args])]
+
+    def abstract(*args: Any, **params: Any) -> list[Any]:
+        return avals_of(**params)
+
+    def lowered(*args: Any, **params: Any) -> list[Any]:
+        return _callback(host_for(params), avals_of(**params), args)
+
+    def emitted(ctx: Any, *args: Any, **params: Any) -> Any:
+        host = host_for(params)
+        assert _EMIT is not None
+        result, _, _ = _EMIT(
+            ctx,
+            lambda *xs: tuple(_host_call(host, xs)),
+            None,
+            list(args),
+            ctx.avals_in,
+            ctx.avals_out,
+            has_side_effect=False,
+            returns_token=False,
+        )
+        return result
+
+    prim.def_impl(impl)
+    prim.def_abstract_eval(abstract)
+    if _EMIT is not None:
+        # cacheable=False as for pure_callback: each lowering registers its own host callback.
+        mlir.register_lowering(prim, emitted, cacheable=False)
+    else:  # pragma: no cover - depends on the JAX version
+        mlir.register_lowering(prim, mlir.lower_fun(lowered, multiple_results=True))
+    return prim
+
+
+def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
+    def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+        return _host_apply(spec, keep, args)
+
+    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+
+
+def _apply_avals(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
+    token = [jax.core.ShapedArray((), TOKEN_DTYPE)] if keep else []
+    return _batched_avals([*spec.out_avals, *token], sizes)
+
+
+call_p = _define("chainrule_call", _apply_host, _apply_avals)
+
+
+def _linear_host(kind: str) -> Callable[..., Any]:
+    def host_of(
+        spec: _Spec,
+        wrt: tuple[int, ...],
+        of: tuple[int, ...],
+        levels: tuple[str, ...],
+        sizes: tuple[int, ...],
+    ) -> Any:
+        n = len(spec.in_paths)
+        fn = _host_jvp if kind == "jvp" else _host_vjp
+
+        def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+            return fn(spec, wrt, of, batched, args[0], args[1 : 1 + n], args[1 + n :])
+
+        linear = [False] * (1 + n) + [True] * (len(wrt) if kind == "jvp" else len(of))
+        return lambda args: _run_levels(host, levels, args, linear)
+
+    return host_of
+
+
+def _jvp_avals(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    return _batched_avals([spec.out_avals[i] for i in of], sizes)
+
+
+def _vjp_avals(
+    spec: _Spec,
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
+
+
+jvp_p = _define("chainrule_jvp", _linear_host("jvp"), _jvp_avals)
+vjp_p = _define("chainrule_vjp", _linear_host("vjp"), _vjp_avals)
+
+
+def _hvp_host(
+    spec: _Spec,
+    moved: tuple[int, ...],
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
+        return _host_hvp(spec, moved, wrt, of, args)
+
+    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+
+
+def _hvp_avals(
+    spec: _Spec,
+    moved: tuple[int, ...],
+    wrt: tuple[int, ...],
+    of: tuple[int, ...],
+    levels: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> Any:
+    return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
+
+
+hvp_p = _define("chainrule_hvp", _hvp_host, _hvp_avals)

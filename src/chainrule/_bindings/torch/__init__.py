@@ -1,0 +1,1 @@
+"""The PyTorch binding behind `chainrule.torch` (the autograd Function and its rules)."""

@@ -1,0 +1,529 @@
+"""The `chainrule` command line (typer + rich): serve, call, schema, check, new, env build."""
+
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from chainrule._schema.errors import ChainruleError, LaunchError
+
+app = typer.Typer(
+    help="chainrule: typed, differentiable components you can serve, call and compose.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+env_app = typer.Typer(help="Component environments (built with uv, cached).", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+err = Console(stderr=True)
+
+# A command talks to a server that is running or not: one quick retry covers a connection the
+# server closed, without the long reconnection window a supervised (launched) server gets.
+_CLI_RETRIES = 1
+
+_TEMPLATES = {
+    "jax": ("import jax.numpy as xp", "jax"),
+    "torch": ("import torch as xp", "torch==2.13.0"),
+    "numpy": ("import numpy as xp", "numpy"),
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"chainrule {version('chainrule')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """chainrule: typed, differentiable components you can serve, call and compose."""
+
+
+def _fail(error: Exception) -> None:
+    err.print(f"[red]{type(error).__name__}[/red]: {escape(str(error))}")
+    raise typer.Exit(1)
+
+
+def _jsonable(tree: Any) -> Any:
+    """Arrays as nested lists, for printing."""
+    if isinstance(tree, dict):
+        return {k: _jsonable(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_jsonable(v) for v in tree]
+    if isinstance(tree, np.ndarray | np.generic):
+        return np.asarray(tree).tolist()
+    return tree
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="file.py:object, module:object or a folder")],
+    host: Annotated[str, typer.Option(help="interface; non-loopback needs --token")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8000,
+    token: Annotated[
+        str | None, typer.Option(envvar="CHAINRULE_TOKEN", help="bearer token")
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 2**30,
+    max_json_bytes: Annotated[int, typer.Option(min=1, help="largest JSON request body")] = 64
+    * 2**20,
+    max_elements: Annotated[
+        int, typer.Option(min=1, help="most array elements a request may declare")
+    ] = 2**28,
+    max_batch: Annotated[int, typer.Option(min=1, help="most rows of a batched request")] = 2**16,
+    call_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="CHAINRULE_CALL_TIMEOUT",
+            min=0,
+            help="seconds before a call is answered 504 (0: no limit)",
+        ),
+    ] = 300.0,
+    max_threads: Annotated[
+        int, typer.Option(min=1, help="most worker threads, hung ones included")
+    ] = 32,
+    shutdown_timeout: Annotated[
+        int, typer.Option(min=0, help="seconds a stopping server waits for calls in progress")
+    ] = 10,
+    refuse_nonfinite: Annotated[bool, typer.Option(help="answer 422 to NaN/inf inputs")] = False,
+    threads: Annotated[
+        bool,
+        typer.Option(
+            help="calls in worker threads (else on the event loop: a bit faster, but a long"
+            " call blocks the server)"
+        ),
+    ] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="server processes sharing the port (for many clients)")
+    ] = 1,
+    current_env: Annotated[
+        bool,
+        typer.Option(
+            "--current-env",
+            help="serve a component folder in this Python environment, ignoring the"
+            " requirements and python of its chainrule.toml (default: its own environment)",
+        ),
+    ] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(help="stop the server when process PID exits (launch passes its own)"),
+    ] = None,
+) -> None:
+    """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs).
+
+    A component folder is served in its own environment, built from its chainrule.toml as
+    `chainrule env build` does (cached); `--current-env` serves it in this one instead.
+    """
+    from chainrule._transport.http.app import ServerSettings
+    from chainrule._transport.http.serving import (
+        check_bind,
+        load_component,
+        serve_forever,
+        stop_with_parent,
+    )
+
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)  # first: the parent may go while the component imports
+    try:
+        folder = _own_env_folder(target, current_env)
+        if folder is not None:
+            _exec_in_own_env(ctx, folder)
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            max_json_bytes=max_json_bytes,
+            max_elements=max_elements,
+            max_batch=max_batch,
+            call_timeout=call_timeout or None,
+            max_threads=max_threads,
+            shutdown_timeout=shutdown_timeout,
+            allow_nonfinite=not refuse_nonfinite,
+            threaded=threads,
+        )
+        check_bind(settings)
+        component = load_component(target)
+
+        def announce(url: str) -> None:
+            many = f" with {workers} worker processes" if workers > 1 else ""
+            name, backend = component.name, component.backend.name
+            err.print(f"serving '{name}' ({backend}) on {url}{many}", soft_wrap=True)
+
+        serve_forever(component, target, settings, workers=workers, announce=announce)
+    except ChainruleError as e:
+        _fail(e)
+
+
+def _own_env_folder(target: str, current_env: bool) -> Path | None:
+    """The component folder to serve in its own environment, or None to serve `target` here."""
+    from chainrule._transport.launch.env import SPEC_FILE
+
+    folder = Path(target)
+    if current_env or not (folder / SPEC_FILE).is_file():
+        return None
+    return folder.resolve()
+
+
+def _exec_in_own_env(ctx: typer.Context, folder: Path) -> None:
+    """Replace this process by the folder environment's python serving the folder's entry.
+
+    Returns (serving here) when this process already runs in that environment. The process
+    keeps its pid, so whoever started `chainrule serve` can still signal it.
+    """
+    from chainrule._transport.launch.env import build_env, entry_path, load_spec
+    from chainrule._transport.launch.launch import _server_env
+
+    spec = load_spec(folder)
+    try:
+        python = build_env(spec)
+    except LaunchError as e:
+        hint = f"Or serve {folder} in this environment: --current-env"
+        raise LaunchError(f"{e.message}\n{hint}", errors=e.errors) from e
+    if Path(sys.prefix).resolve() == python.parent.parent.resolve():
+        return
+    entry = f"{entry_path(folder, spec)}:{spec.entry.rsplit(':', 1)[1]}"
+    err.print(
+        f"serving {folder} in its own environment ({python}); --current-env serves it in this one",
+        soft_wrap=True,
+    )
+    env = _server_env()
+    token = ctx.params.get("token")
+    if token:  # through the environment: a command line is visible to every user (ps)
+        env["CHAINRULE_TOKEN"] = token
+    argv = [str(python), "-m", "chainrule", "serve", *_command_line(ctx, target=entry, token=None)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(python, argv, env)
+
+
+def _command_line(ctx: typer.Context, **override: Any) -> list[str]:
+    """The arguments that give `ctx`'s command its current parameters (but `override`)."""
+    args: list[str] = []
+    param: Any  # typer's own copy of click's Argument or Option
+    for param in ctx.command.params:
+        value = override[param.name] if param.name in override else ctx.params[param.name]
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif value is None or (param.is_flag and not param.secondary_opts and not value):
+            continue
+        elif param.is_flag:  # --x, or --x / --no-x
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+@app.command()
+def call(
+    url: Annotated[str, typer.Argument(help="http://host:port of a chainrule server")],
+    endpoint: Annotated[str, typer.Argument(help="apply, eval_shape, jvp, vjp, jacobian, ...")],
+    body: Annotated[str, typer.Argument(help="JSON request body, or - for stdin")] = "-",
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+    timeout: float = 300.0,
+) -> None:
+    """Call one endpoint with a JSON body; print the JSON answer (arrays as lists).
+
+    A server that is not there fails the call at once (one quick retry, no waiting for it).
+    """
+    from chainrule._transport import wire as _wire
+    from chainrule._transport.http.client import Connection
+
+    text = sys.stdin.read() if body == "-" else body
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(ChainruleError(f'the body is not JSON ({e}); e.g. \'{{"inputs": {{"x": [1, 2]}}}}\''))
+    try:
+        conn = Connection(
+            url, token=token, timeout=timeout, retries=_CLI_RETRIES, content_type=_wire.JSON
+        )
+        answer = conn.call(f"/{endpoint.strip('/')}", payload)
+    except ChainruleError as e:
+        _fail(e)
+    print(json.dumps(_jsonable(answer), indent=2))
+
+
+@app.command()
+def schema(
+    target: Annotated[str, typer.Argument(help="a server URL, file.py:object or a folder")],
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+) -> None:
+    """Print a component's schema: inputs, outputs, endpoints and where each comes from."""
+    try:
+        if target.startswith(("http://", "https://")):
+            from chainrule._transport.http.client import Connection
+
+            info = Connection(target, token=token, retries=_CLI_RETRIES).get_json("/schema")
+        else:
+            from chainrule._transport.http.serving import load_component
+
+            comp = load_component(target)
+            info = {
+                "name": comp.name,
+                "backend": comp.backend.name,
+                "inputs": comp.inputs.model_json_schema(),
+                "outputs": comp.outputs.model_json_schema(),
+                "endpoints": comp.endpoints,
+            }
+    except ChainruleError as e:
+        _fail(e)
+    print(json.dumps(info, indent=2))
+
+
+@app.command()
+def check(
+    target: Annotated[str, typer.Argument(help="a server URL, file.py:object or a folder")],
+    inputs: Annotated[str, typer.Argument(help="JSON inputs, e.g. '{\"x\": [1.0, 2.0]}'")],
+    token: Annotated[str | None, typer.Option(envvar="CHAINRULE_TOKEN")] = None,
+    n_random: int = 2,
+) -> None:
+    """Check every derivative endpoint against finite differences; exit 1 if any fails."""
+    from chainrule._tools.check import check_gradients
+
+    try:
+        if target.startswith(("http://", "https://")):
+            from chainrule._transport.http.client import connect
+
+            comp = connect(target, token=token, retries=_CLI_RETRIES)
+        else:
+            from chainrule._transport.http.serving import load_component
+
+            comp = load_component(target)
+        report = check_gradients(comp, json.loads(inputs), n_random=n_random)
+    except (ChainruleError, json.JSONDecodeError) as e:
+        _fail(e)
+    Console().print(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+_COMPONENT = '''"""{name}: a chainrule component ({backend} backend). Edit the schemas and apply."""
+
+{imports}
+
+import chainrule as cr
+
+
+class Inputs(cr.Schema):
+    x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+    scale: float = 1.0
+
+
+class Outputs(cr.Schema):
+    y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+@cr.component(inputs=Inputs, outputs=Outputs, backend="{backend}")
+def {name}(inputs: Inputs) -> Outputs:
+    return Outputs(y=inputs.scale * xp.sin(inputs.x))
+'''
+
+_TOML = """name = "{name}"
+version = "0.1.0"
+backend = "{backend}"
+entry = "component.py:{name}"
+requirements = ["{requirement}"]
+"""
+
+_README = """# {name}
+
+A chainrule component ({backend} backend).
+
+```bash
+chainrule check component.py:{name} '{{"x": [0.1, 0.2, 0.3]}}'   # gradients vs finite differences
+chainrule serve .                                                # serve it on 127.0.0.1:8000
+chainrule env build .                                            # its own environment (uv)
+```
+"""
+
+
+def _valid_name(name: str) -> bool:
+    """Whether `name` can be the component's function and its chainrule.toml name."""
+    return re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) is not None and not keyword.iskeyword(name)
+
+
+def _suggest_name(name: str) -> str:
+    """A valid name close to `name` (`my-band` -> `my_band`, `2bad` -> `component_2bad`)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "component"
+    if not cleaned[0].isalpha():
+        cleaned = f"component_{cleaned}"
+    return f"{cleaned}_" if keyword.iskeyword(cleaned) else cleaned
+
+
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="component name (a Python identifier)")],
+    backend: Annotated[str, typer.Option(help="jax, torch or numpy")] = "numpy",
+    directory: Annotated[Path, typer.Option("--dir", help="where to create the folder")] = Path(),
+) -> None:
+    """Scaffold a component folder: component.py, chainrule.toml, README.md."""
+    if not _valid_name(name):
+        _fail(
+            ChainruleError(
+                f"name {name!r} cannot name a component: expected a Python identifier of ASCII "
+                f"letters, digits and _, starting with a letter, and not a Python keyword; "
+                f"try {_suggest_name(name)!r}"
+            )
+        )
+    if backend not in _TEMPLATES:
+        _fail(ChainruleError(f"backend {backend!r}: use one of {sorted(_TEMPLATES)}"))
+    folder = directory / name
+    if folder.exists():
+        _fail(ChainruleError(f"{folder} already exists; choose another name or --dir"))
+    imports, requirement = _TEMPLATES[backend]
+    folder.mkdir(parents=True)
+    values = {"name": name, "backend": backend, "imports": imports, "requirement": requirement}
+    (folder / "component.py").write_text(_COMPONENT.format(**values))
+    (folder / "chainrule.toml").write_text(_TOML.format(**values))
+    (folder / "README.md").write_text(_README.format(**values))
+    err.print(f"created {folder}/ (component.py, chainrule.toml, README.md)")
+
+
+_CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="CHAINRULE_CACHE",
+        help="the environment cache (default ~/.cache/chainrule/envs)",
+    ),
+]
+_Folder = Annotated[Path, typer.Argument(help="a component folder with chainrule.toml")]
+
+
+@env_app.command("build")
+def env_build(folder: _Folder, quiet: bool = False, cache_dir: _CacheDir = None) -> None:
+    """Build (or find cached) the component's environment; print its python."""
+    from chainrule._transport.launch.env import build_env
+
+    try:
+        python = build_env(folder, cache_dir=cache_dir, quiet=quiet)
+    except ChainruleError as e:
+        _fail(e)
+    print(python)
+
+
+@env_app.command("rebuild")
+def env_rebuild(folder: _Folder, quiet: bool = False, cache_dir: _CacheDir = None) -> None:
+    """Delete the component's environment and build it again; print its python."""
+    from chainrule._transport.launch.env_cache import rebuild
+
+    try:
+        python = rebuild(folder, cache_dir, quiet=quiet)
+    except ChainruleError as e:
+        _fail(e)
+    print(python)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return "just now"
+
+
+@env_app.command("list")
+def env_list(
+    cache_dir: _CacheDir = None,
+    check: Annotated[bool, typer.Option(help="run each env's python (~0.3 s each)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False,
+) -> None:
+    """List the cached environments, least recently used first."""
+    import time
+
+    from rich.table import Table
+
+    from chainrule._transport.launch.env_cache import list_envs
+
+    envs = list_envs(cache_dir, check="import" if check else "files")
+    if as_json:
+        rows = [
+            {"path": str(e.path), **e.record, "last_used": e.last_used, "size": e.size,
+             "problem": e.problem, "servers": list(e.users)}
+            for e in envs
+        ]  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("environment", "built for", "requirements", "size", "last used", "state")
+    for e in envs:
+        state = e.problem or ("in use by " + ", ".join(map(str, e.users)) if e.users else "ok")
+        table.add_row(
+            e.path.name, str(e.record.get("name", "?")),
+            escape(" ".join(e.record.get("requirements", [])) or "-"),
+            f"{e.size / 2**20:.0f} MiB", _ago(time.time() - e.last_used), escape(state),
+        )  # fmt: skip
+    Console().print(table if envs else "no cached environments")
+
+
+@env_app.command("prune")
+def env_prune(
+    cache_dir: _CacheDir = None,
+    all_: Annotated[bool, typer.Option("--all", help="remove every environment")] = False,
+    older_than: Annotated[
+        str | None, typer.Option(help="also remove those unused for this long: 30d, 12h, 2w")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="only say what would be removed")] = False,
+) -> None:
+    """Remove broken environments and leftovers of crashed builds (and more, if asked);
+    environments of running launched servers are kept."""
+    from chainrule._transport.launch.env_cache import parse_age, prune
+
+    try:
+        age = None if older_than is None else parse_age(older_than)
+        removed, in_use = prune(cache_dir, everything=all_, older_than=age, dry_run=dry_run)
+    except ChainruleError as e:
+        _fail(e)
+    verb = "would remove" if dry_run else "removed"
+    for env in removed:
+        why = f" ({env.problem})" if env.problem else ""
+        err.print(f"{verb} {escape(str(env.path))}{escape(why)}", soft_wrap=True)
+    for env in in_use:
+        users = ", ".join(map(str, env.users))
+        err.print(f"kept {escape(str(env.path))} (used by servers {users})", soft_wrap=True)
+    freed = sum(env.size for env in removed) / 2**20
+    err.print(f"{verb} {len(removed)} environments ({freed:.0f} MiB)")
+
+
+@env_app.command("ps")
+def env_ps(
+    cache_dir: _CacheDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False,
+) -> None:
+    """List the running servers started by `launch` with this cache directory."""
+    import datetime
+
+    from rich.table import Table
+
+    from chainrule._transport.launch.env import cache_root
+    from chainrule._transport.launch.servers import running
+
+    servers = running(cache_root(cache_dir))
+    if as_json:
+        print(json.dumps([s.model_dump() for s in servers], indent=2))
+        return
+    table = Table("pid", "component", "url", "folder", "started", "launched by")
+    for s in servers:
+        started = datetime.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(s.pid), s.name, s.url, escape(s.folder), started, str(s.launcher))
+    Console().print(table if servers else "no running launched servers")
+
+
+def main() -> None:
+    """Entry point of the `chainrule` command."""
+    app()

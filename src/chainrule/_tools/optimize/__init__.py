@@ -1,0 +1,1 @@
+"""`chainrule.optimize`: drivers (optax, scipy), the problem, the history."""

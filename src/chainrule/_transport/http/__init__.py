@@ -1,0 +1,1 @@
+"""HTTP: the FastAPI app serving a component, its edge (bodies, errors, limits), the client."""

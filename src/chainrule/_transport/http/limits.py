@@ -1,0 +1,106 @@
+"""What a request may cost a server: the limits on its body and on the work it declares.
+
+A body's bytes do not bound the work it asks for: a 200-byte body may declare an array of
+shape `(2**40, 0)`, no data and 2**40 rows to loop over. So a request is also judged by its
+declared sizes (`wire.decoder.declared_elements`: each 0-length dimension counted as 1), and
+a batched request by its rows and by rows × input elements (the size of a batched vjp's
+answer). Every refusal is a 413 naming the field, the limit and the setting that raises it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from chainrule._transport import wire as _wire
+from chainrule._transport.wire.decoder import declared_elements
+
+from .edge import Limit, too_large
+
+if TYPE_CHECKING:
+    from .app import ServerSettings
+
+__all__ = ["Limits", "check_work", "limits_of"]
+
+
+# The batched endpoints and the request keyword holding their batch.
+_BATCHED = {"batched_jvp": "tangents", "batched_vjp": "cotangents"}
+
+
+class Limits(NamedTuple):
+    """A server's limits on requests (built once from its settings)."""
+
+    binary: Limit
+    json: Limit
+    elements: Limit
+    batch: Limit
+
+
+def limits_of(settings: ServerSettings) -> Limits:
+    """The limits of a server with `settings`."""
+    json_fix = (
+        "plain JSON numbers take ~16x their text in memory: send large arrays as "
+        f"{_wire.BINARY} (chainrule.connect does)"
+    )
+    binary = Limit(settings.max_body_bytes, "max_body_bytes", "send smaller arrays")
+    text = Limit(settings.max_json_bytes, "max_json_bytes", json_fix)
+    return Limits(
+        binary,
+        text if text.value < binary.value else binary,
+        Limit(settings.max_elements, "max_elements", "send smaller arrays"),
+        Limit(settings.max_batch, "max_batch", "split the batch into several calls"),
+    )
+
+
+def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) -> None:
+    """Refuse (413) a request asking for more work than the server's limits allow, judged by
+    its declared sizes, not its bytes: a 200-byte body may declare 2**40 empty rows."""
+    elements = limits.elements
+    if declared > elements.value:
+        path, largest = _largest(req, "")
+        got = f"arrays declaring {declared} elements ({largest} in the largest)"
+        raise too_large(elements, got, path, "elements")
+    key = _BATCHED.get(name)
+    if key is None:
+        return
+    rows = {path: _rows(value) for path, value in req[key].items()}
+    path, batch = max(rows.items(), key=lambda item: item[1], default=("", 0))
+    if batch > limits.batch.value:
+        raise too_large(limits.batch, f"a batch of {batch} rows", f"{key}.{path}", "rows")
+    per_row = _elements(req["inputs"])  # a batched vjp answers batch × inputs elements
+    if declared + batch * per_row > elements.value:
+        got = f"a batch of {batch} rows × {per_row} input elements"
+        raise too_large(elements, got, key, "elements")
+
+
+def _largest(tree: Any, path: str) -> tuple[str, int]:
+    """(path, declared elements) of the largest array in a decoded tree (to name it)."""
+    if isinstance(tree, np.ndarray):
+        return path, declared_elements(tree.shape)
+    items: Any = tree.items() if isinstance(tree, dict) else ()
+    if isinstance(tree, list):
+        items = enumerate(tree)
+    found = [_largest(value, f"{path}.{key}" if path else str(key)) for key, value in items]
+    return max(found, key=lambda item: item[1], default=(path or "(body)", 0))
+
+
+def _rows(value: Any) -> int:
+    """The batch size of one batched tangent or cotangent."""
+    if isinstance(value, np.ndarray):
+        return int(value.shape[0]) if value.ndim else 0
+    return len(value) if isinstance(value, list) else 0
+
+
+def _elements(tree: Any) -> int:
+    """The elements of the arrays in a decoded tree, as `declared_elements` counts them;
+    plain lists by their first items (their numbers cost body bytes anyway)."""
+    if isinstance(tree, np.ndarray):
+        return declared_elements(tree.shape)
+    if isinstance(tree, dict):
+        return sum(_elements(value) for value in tree.values())
+    if isinstance(tree, list) and tree:
+        if isinstance(tree[0], dict):
+            return sum(_elements(value) for value in tree)
+        return len(tree) * _elements(tree[0])
+    return 1

@@ -1,0 +1,1 @@
+"""Managed processes: component folders, their uv environments, launched servers."""
