@@ -84,7 +84,7 @@ def host_crossing(make: Callable[[], Any]) -> float:
     comp = make()
     x = jnp.linspace(0.0, 1.0, N)
     crj.call(comp, {"x": x})
-    spec = next(s for s in _jax_call._SPECS.values() if s.component is comp)
+    spec = next(s for s in _jax_call.sites(comp) if s.component is comp)
     arrays, ct = [np.asarray(x)], [np.ones(N)]
 
     def crossing() -> None:

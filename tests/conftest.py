@@ -1,19 +1,36 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cases import BACKENDS, CASES, Case
+from transports import TRANSPORTS, reach
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """How a test reaches its components: in-process, wire (in-process, through the wire
+    codec) or http (see tests/transports.py)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def over(transport: str) -> Iterator[Callable[[Any], Any]]:
+    """`over(component)`: the component as reached over `transport` (ended after the test)."""
+    with ExitStack() as stack:
+        yield lambda component: stack.enter_context(reach(component, transport))
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])

@@ -1,5 +1,5 @@
 """The shape of the package: layers as folders, each importing only the layers above it; no
-import circle.
+import circle; small modules; bindings and tools on the component's public interface only.
 
 The imports are read from the source (AST), not by importing: every `import` and
 `from ... import` that runs, at module level or inside a function (a lazy import is still a
@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "chainrule"
 # public namespace (`chainrule`, `chainrule.jax`, ...) re-exports them all, so it comes last.
 LAYERS = ("_schema", "_component", "_transport", "_bindings", "_tools", "_scale", "_cli")
 PUBLIC = len(LAYERS)
+MAX_LINES = 500
 
 
 def _name(path: Path) -> str:
@@ -143,6 +144,92 @@ def test_each_layer_imports_only_the_layers_above_it() -> None:
         if _layer(t) > _layer(m)
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them): {long}"
+
+
+def _component_private_members() -> set[str]:
+    tree = ast.parse((PACKAGE / "_component" / "component.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Component")
+    names = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    for node in ast.walk(cls):
+        owner = node.value if isinstance(node, ast.Attribute) else None
+        if isinstance(owner, ast.Name) and owner.id == "self" and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_private_member_of_component_is_used_outside_the_component_layer() -> None:
+    """Bindings, transports and tools use the component's documented interface (`point`,
+    `run`, `apply_at`, `written`, `errors`, `validate_outputs`, `paths`, ...), so the
+    component's insides can change without breaking them."""
+    private = _component_private_members()
+    assert "_guard" in private or "_impls" in private  # the scan finds what it looks for
+    used = []
+    for module, path in MODULES.items():
+        if module.startswith("chainrule._component"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                    used.append(f"{module}:{node.lineno}: .{node.attr}")
+    assert not used, "private members of Component used outside it:\n" + "\n".join(used)
+
+
+def test_no_private_name_of_the_component_layer_is_imported_outside_it() -> None:
+    used = [
+        f"{m} imports {name} from {t}"
+        for m, targets in EDGES.items()
+        if not m.startswith("chainrule._component")
+        for t, name in targets
+        if t.startswith("chainrule._component") and name.startswith("_")
+    ]
+    assert not used, "\n".join(used)
+
+
+# Where the environment may be read: the public namespace, the CLI, and what starts servers
+# (the factory of --workers processes, launch and the environments it builds).
+EDGES_OF_THE_ENVIRONMENT = ("chainrule", "chainrule.jax", "chainrule._cli")
+EDGE_PREFIXES = ("chainrule._cli.", "chainrule._transport.launch.")
+EDGE_MODULES = {"chainrule._transport.http.serving"}
+
+
+def _reads_environment(tree: ast.AST) -> bool:
+    return any(
+        isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv", "environb")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+        for node in ast.walk(tree)
+    )
+
+
+def test_only_the_edges_read_the_environment() -> None:
+    """Environment variables are read where chainrule meets its user (the public namespace,
+    the CLI, the code that starts servers), never deep inside, at import or per call."""
+    deep = [
+        m
+        for m, path in MODULES.items()
+        if m not in EDGES_OF_THE_ENVIRONMENT
+        and m not in EDGE_MODULES
+        and not m.startswith(EDGE_PREFIXES)
+        and _reads_environment(ast.parse(path.read_text()))
+    ]
+    assert not deep, f"modules reading os.environ away from the edges: {deep}"
+
+
+def test_importing_the_package_installs_no_exit_hook() -> None:
+    """`import chainrule` registers nothing with atexit (the first launch does)."""
+    code = (
+        "import atexit, numpy, pydantic, xxhash; before = atexit._ncallbacks(); "
+        "import chainrule; print(atexit._ncallbacks() - before)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr + done.stdout
 
 
 def test_importing_the_package_leaves_jax_x64_as_it_was() -> None:

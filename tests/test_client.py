@@ -21,29 +21,38 @@ from cases import BACKENDS, CASES, Case, build
 from chainrule._schema import tree as _tree
 from chainrule._transport import wire as _wire
 from chainrule._transport.http.client import Connection
+from chainrule._transport.local import WireTransport
+from chainrule._transport.remote import remote_component
 
 CONTENT_TYPES = [_wire.BINARY, _wire.JSON]
 
 
 class Served:
-    """Every case × backend served once per module (started on first use)."""
+    """Every case × backend served once per module (started on first use), reached over HTTP
+    or the in-process wire transport."""
 
     def __init__(self) -> None:
         self.servers: dict[tuple[str, str], Any] = {}
-        self.remotes: dict[tuple[str, str, str], cr.Component] = {}
+        self.remotes: dict[tuple[str, ...], cr.Component] = {}
 
-    def get(self, case: Case, backend: str, content_type: str) -> tuple[cr.Component, Any]:
+    def get(
+        self, case: Case, backend: str, content_type: str, transport: str = "http"
+    ) -> tuple[cr.Component, Any]:
         key = (case.name, backend)
         if key not in self.servers:
             self.servers[key] = cr.serve(build(case, backend))
         server = self.servers[key]
-        if (*key, content_type) not in self.remotes:
-            self.remotes[(*key, content_type)] = cr.connect(server.url, content_type=content_type)
-        return server.component, self.remotes[(*key, content_type)]
+        if (*key, content_type, transport) not in self.remotes:
+            if transport == "wire":  # the served component, through the codec, no socket
+                remote = remote_component(WireTransport(server.component, None, content_type))
+            else:
+                remote = cr.connect(server.url, content_type=content_type)
+            self.remotes[(*key, content_type, transport)] = remote
+        return server.component, self.remotes[(*key, content_type, transport)]
 
     def stop(self) -> None:
         for remote in self.remotes.values():
-            remote.backend.conn.close()  # type: ignore[attr-defined]
+            remote.close()
         for server in self.servers.values():
             server.stop()
 
@@ -105,13 +114,14 @@ def _calls(comp: cr.Component, x: dict[str, Any], rng: np.random.Generator) -> d
     }
 
 
+@pytest.mark.parametrize("transport", ["wire", "http"])
 @pytest.mark.parametrize("content_type", CONTENT_TYPES, ids=["binary", "json"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_every_endpoint_agrees_with_in_process(
-    served: Served, case: Case, backend: str, content_type: str
+    served: Served, case: Case, backend: str, content_type: str, transport: str
 ) -> None:
-    local, remote = served.get(case, backend, content_type)
+    local, remote = served.get(case, backend, content_type, transport)
     exact = content_type == _wire.BINARY
     x = case.point()
     out = remote.apply(x)
@@ -258,7 +268,7 @@ def boom() -> Iterator[tuple[cr.Component, list[int], Any]]:
 def remote(boom: Any) -> Iterator[cr.Component]:
     remote = cr.connect(boom[2].url)
     yield remote
-    remote.backend.conn.close()  # type: ignore[attr-defined]
+    remote.close()
 
 
 GOOD = {"x": np.ones(3), "k": np.arange(3.0)}
@@ -297,7 +307,7 @@ def test_errors_are_reraised_as_their_own_class(boom: Any, remote: cr.Component)
 
 def test_server_side_errors_keep_class_and_message(remote: cr.Component) -> None:
     """Bypass the client's own validation: the server's error arrives as the same class."""
-    conn = remote.backend.conn  # type: ignore[attr-defined]
+    conn = remote.backend.transport.conn  # type: ignore[attr-defined]
     for path, body, cls in (
         ("/apply", {"inputs": {"x": np.ones(4), "k": np.ones(3)}}, cr.ValidationError),
         ("/jvp", {"inputs": GOOD, "tangents": {"nope": np.ones(3)}}, cr.UnknownPathError),
@@ -352,7 +362,7 @@ def test_reconnects_after_a_restart_and_gives_up_on_a_dead_server() -> None:
         np.testing.assert_array_equal(remote.apply(x).y, want)  # old keep-alive socket is dead
     finally:
         second.stop()
-    remote.backend.conn.retries = 2  # type: ignore[attr-defined]
+    remote.backend.transport.conn.retries = 2  # type: ignore[attr-defined]
     start = time.monotonic()
     with pytest.raises(cr.TransportError, match=f"could not reach {first.url}/apply") as e:
         remote.apply(x)

@@ -50,6 +50,10 @@ def _run(script: Path, cwd: Path) -> Result:
         "PORT": str(_free_port()),
         "PYTHONWARNINGS": "error::SyntaxWarning",
     }
+    if script.name == "cli_env.sh":
+        # It rebuilds (deletes, then builds) my_component's environment, which cli_serve.sh,
+        # running at the same time, serves from: its own cache keeps the two apart.
+        env["CHAINRULE_CACHE"] = str(cwd / "envs")
     argv = ["bash", str(script)] if script.suffix == ".sh" else [sys.executable, str(script)]
     # Own process group: whatever a snippet leaves running (a server it started) is killed.
     proc = subprocess.Popen(
@@ -163,3 +167,18 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-5000:]
     assert (tmp_path / "guide" / "getting-started" / "index.html").is_file()
     assert not (tmp_path / "snippets").exists()
+
+
+def test_the_layer_picture_is_drawn_from_the_package(tmp_path: Path) -> None:
+    """docs/figures/layers.py draws the architecture page's picture; drawn again, it names
+    every layer folder, as the committed picture does."""
+    import test_architecture
+
+    out = tmp_path / "layers.svg"
+    script = DOCS / "figures" / "layers.py"
+    subprocess.run([sys.executable, str(script), str(out)], check=True, timeout=120)
+    for svg in (out, DOCS / "figures" / "layers.svg"):
+        text = svg.read_text()
+        for layer in test_architecture.LAYERS:
+            assert f"{layer}/" in text, (svg, layer)
+    assert "figures/layers.svg" in (DOCS / "architecture.md").read_text()

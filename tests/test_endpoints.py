@@ -7,7 +7,8 @@ import pytest
 
 import chainrule as cr
 from cases import VecIn, VecOut
-from chainrule._component.endpoints import ENDPOINTS, RULES, Impl, resolve
+from chainrule._component.endpoints import ENDPOINTS
+from chainrule._component.rules import RULES, Impl, resolve
 
 
 def _impl(name: str, cost: float) -> Impl:

@@ -21,6 +21,7 @@ import pytest
 import chainrule as cr
 from chainrule._transport import wire as _wire
 from handle_components import BACKENDS, exact_vjp, make
+from transports import TRANSPORTS, reach
 
 pytestmark = pytest.mark.usefixtures("x64")  # its JAX programs compute in float64
 
@@ -36,17 +37,13 @@ RTOL = {"jax": 1e-12, "torch": 1e-12, "numpy": 1e-6, "written": 1e-12}
 @contextmanager
 def endpoint(backend: str, transport: str, **options: Any) -> Iterator[tuple[Any, Any]]:
     """(what the caller calls, the component that keeps residuals) for a transport."""
-    if transport == "inprocess":
+    if transport == "in-process":
         comp = make(backend, **options)
         yield comp, comp
         return
     comp = make(backend)
-    with cr.serve(comp, **options) as server:
-        remote = cr.connect(server.url)
-        try:
-            yield remote, comp
-        finally:
-            remote.close()
+    with reach(comp, transport, **options) as remote:
+        yield remote, comp
 
 
 def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray], backend: str) -> None:
@@ -63,7 +60,7 @@ def _check(caller: Any, backend: str, inputs: dict[str, Any], ct: np.ndarray, h:
     np.testing.assert_allclose(got["x"], exact_vjp(inputs, ct), rtol=RTOL[backend], atol=1e-7)
 
 
-@pytest.mark.parametrize("transport", ["inprocess", "http"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_point_hits_and_answers_as_without(backend: str, transport: str) -> None:
     with endpoint(backend, transport) as (caller, comp):
@@ -78,7 +75,7 @@ def test_same_point_hits_and_answers_as_without(backend: str, transport: str) ->
         )  # forward mode from the same residual
 
 
-@pytest.mark.parametrize("transport", ["inprocess", "http"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_other_static_value_recomputes(backend: str, transport: str) -> None:
     """Static inputs are part of the point: a handle kept at scale=2, copies=1 is not used
@@ -132,7 +129,7 @@ def _array(wire: Any) -> np.ndarray:
     return np.asarray(_wire.decode(json.dumps(wire).encode(), _wire.JSON))
 
 
-@pytest.mark.parametrize("transport", ["inprocess", "http"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_in_place_change_of_the_callers_array(backend: str, transport: str) -> None:
     """The caller changes the array after keeping: the handle is not used at the new values,
@@ -148,7 +145,7 @@ def test_in_place_change_of_the_callers_array(backend: str, transport: str) -> N
         _check(caller, backend, P, CT, h)  # the kept values, in another array
 
 
-@pytest.mark.parametrize("transport", ["inprocess", "http"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evicted_handle_recomputes(backend: str, transport: str) -> None:
     with endpoint(backend, transport, residual_bytes=1) as (caller, comp):

@@ -23,6 +23,7 @@ import chainrule as cr
 import chainrule.jax as crj
 from cases import CASES, build
 from chainrule._bindings.jax import call as _jax_call
+from transports import reach
 
 pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
 
@@ -312,7 +313,7 @@ def test_host_callbacks_skip_pure_callback_and_fall_back_to_it() -> None:
     emitter) they go through pure_callback, and the transformation tests pass there too."""
     from chainrule._bindings.jax import primitives as _jax_primitives
 
-    assert _jax_primitives._EMIT is not None, "the fast host-callback path is not in use"
+    assert _jax_primitives.emitter() is not None, "the fast host-callback path is not in use"
     selection = "value_and_grad or jvp_vjp or vmap or scan or errors_surface or callback_path"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
@@ -330,7 +331,7 @@ def test_callback_path_matches_the_environment() -> None:
     from chainrule._bindings.jax import primitives as _jax_primitives
 
     forced = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
-    assert (_jax_primitives._EMIT is None) == forced
+    assert (_jax_primitives.emitter() is None) == forced
 
 
 # ---- the torch host lane (jitted JAX calling a torch component) ------------------------------
@@ -338,7 +339,7 @@ def test_callback_path_matches_the_environment() -> None:
 
 def _torch_lane_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the lane's apply calls (a spy that still runs it)."""
-    from chainrule._component.backends.torch import HostLane
+    from chainrule._component.backends.torch_lane import HostLane
 
     calls: list[int] = []
     original = HostLane.apply
@@ -361,7 +362,7 @@ def test_torch_lane_gives_the_generic_paths_results_bit_for_bit(
     fast = (*f(X), forward(X))
     assert len(calls) == 2, "the lane did not serve the calls"
     served = len(calls)
-    for spec in _jax_call._SPECS.values():
+    for spec in _jax_call.sites(comp):
         if spec.component is comp:
             monkeypatch.setitem(spec.__dict__, "lane", None)  # the cached property's slot
     generic = (*f(X), forward(X))
@@ -428,7 +429,7 @@ def test_kept_linearizations_do_not_keep_their_inputs_alive(name: str) -> None:
 
     comp = build(CASES[0], name)
     through(comp)(X)
-    spec = next(s for s in _jax_call._SPECS.values() if s.component is comp)
+    spec = next(s for s in _jax_call.sites(comp) if s.component is comp)
     arrays = [np.array(X)]
     alive = weakref.ref(arrays[0])
     token = _jax_primitives._host_apply(spec, True, arrays)[-1]
@@ -486,22 +487,11 @@ def pool() -> Iterator[dict[str, tuple[cr.Component, cr.Component]]]:
             def __missing__(self, key: str) -> tuple[cr.Component, cr.Component]:
                 kind, transport = key.split("/")
                 comp = make(kind)
-                if transport == "http":
-                    server = stack.enter_context(cr.serve(comp))
-                    client = cr.connect(server.url)
-                    stack.callback(client.close)
-                    made[key] = (comp, client)
-                else:
-                    made[key] = (comp, comp)
+                made[key] = (comp, stack.enter_context(reach(comp, transport)))
                 through(made[key][1])(X)  # output shapes of free-shaped NumPy outputs
                 return made[key]
 
         yield Pool()
-
-
-@pytest.fixture(params=["local", "http"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def _tol_of(kind: str) -> dict[str, float]:
@@ -603,16 +593,13 @@ def test_mixed_second_derivatives(transport: str) -> None:
     def twin(i: dict[str, Any]) -> dict[str, Any]:
         return {"norm": jnp.sum((jnp.tanh(i["a"] @ i["b"]) + i["offset"]) ** 2)}
 
-    with cr.serve(comp) as server:
-        remote = cr.connect(server.url)
-        target = remote if transport == "http" else comp
+    with reach(comp, transport) as target:
         call = lambda i: crj.call(target, i)  # noqa: E731
         for f in (jax.jacfwd, jax.jacrev):
             got = f(jax.grad(norm(call), argnums=1))(a, b)
             want = f(jax.grad(norm(twin), argnums=1))(a, b)
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
             assert np.abs(want).max() > 1  # a real cross term
-        remote.close()
 
 
 # ---- zero-size arrays and declared shapes ------------------------------------------------------
@@ -723,3 +710,30 @@ def test_nested_vmaps_over_cotangents_are_one_batched_call() -> None:
     want = jax.vmap(jax.vmap(lambda c: twin(c)[0]), in_axes=1)(cts)
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert comp.calls == {"batched_vjp": 1}  # 6 rows, one request
+
+
+def test_call_sites_are_kept_by_their_component(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A component's call sites (and the output shapes learnt for them) live on the component:
+    another one never reads them, even at an address `id()` gives again (they were keyed by
+    `id(component)` in a module-level table, so a new component could run an old one's)."""
+
+    class In(cr.Schema):
+        x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+    class Out(cr.Schema):
+        y: cr.Differentiable[cr.Array[(None,), cr.Float64]]
+
+    def doubled(i: In) -> Out:
+        return Out(y=i.x * 2.0)
+
+    def repeated(i: In) -> Out:
+        return Out(y=np.concatenate([i.x, i.x]))
+
+    once = cr.component(doubled, inputs=In, outputs=Out, backend="numpy")
+    twice = cr.component(repeated, inputs=In, outputs=Out, backend="numpy")
+    binding = sys.modules[crj.call.__module__]
+    monkeypatch.setattr(binding, "id", lambda obj: 7, raising=False)  # one address for all
+    x = jnp.array([1.0, 2.0])
+    np.testing.assert_array_equal(crj.call(once, {"x": x})["y"], [2.0, 4.0])
+    np.testing.assert_array_equal(crj.call(twice, {"x": x})["y"], [1.0, 2.0, 1.0, 2.0])
+    assert [s.component for s in _jax_call.sites(twice)] == [twice]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import chainrule as cr
 from chainrule._schema import tree as _tree
 from chainrule._schema.jsonschema import schema_from_json
-from chainrule._transport.http.client import Connection
+from chainrule._transport.http.client import Connection, HttpTransport
 
 F64 = cr.Float64
 
@@ -215,7 +215,8 @@ JSON = st.recursive(
     ),
     max_leaves=25,
 )
-CONN = Connection("http://127.0.0.1:9")  # never used: building a component sends nothing
+# Never used: building a component sends nothing.
+CONN = HttpTransport(Connection("http://127.0.0.1:9"))
 
 
 def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -273,7 +274,7 @@ def deep(draw: st.DrawFn) -> Any:
 
 
 def _built_or_refused(document: Any) -> None:
-    from chainrule._transport.http.client import remote_component
+    from chainrule._transport.remote import remote_component
 
     try:
         component = remote_component(CONN, document)
@@ -303,7 +304,7 @@ def test_deeply_nested_schemas_build_or_are_refused_saying_why(document: Any) ->
 
 
 def test_the_valid_document_builds() -> None:
-    from chainrule._transport.http.client import remote_component
+    from chainrule._transport.remote import remote_component
 
     component = remote_component(CONN, VALID)
     assert component.name == "fuzzed"

@@ -27,8 +27,8 @@ import pytest
 import chainrule as cr
 import hostile
 from chainrule._transport import wire as _wire
-from chainrule._transport.http.app import ServerSettings, is_loopback
 from chainrule._transport.http.serving import check_bind
+from chainrule._transport.settings import ServerSettings, is_loopback
 
 TOKEN = "s3cret"
 LIMIT = 8192

@@ -352,7 +352,7 @@ def test_token_guards_every_route_but_health(guarded: cr.Server) -> None:
     try:
         np.testing.assert_array_equal(remote.apply(X).y, np.sin(X["x"]) * X["k"])
     finally:
-        remote.backend.conn.close()  # type: ignore[attr-defined]
+        remote.close()
     for token in ("wrong", None):
         with pytest.raises(cr.AuthenticationError, match="bearer token"):
             cr.connect(guarded.url, token=token)

@@ -417,3 +417,30 @@ def test_bind_dims_with_ellipsis_and_shape_dtype_leaves() -> None:
         a=cr.ShapeDtype((4,), cr.Float64), b=cr.ShapeDtype((4, 1), cr.Float64)
     )
     assert bind_dims([leaves(shapes)], fail) == {"n": 4}
+
+
+def test_schema_classes_built_at_run_time_are_not_kept_alive() -> None:
+    """What chainrule memoizes per schema class (its leaves, its plans) is held weakly: a
+    class built at run time (a remote component's schemas, one set per connect) goes when
+    nothing else holds it."""
+    import gc
+    import weakref
+
+    def used() -> list[weakref.ref[type]]:
+        class In(cr.Schema):
+            x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+        class Out(cr.Schema):
+            y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+        def double(i: In) -> Out:
+            return Out(y=i.x * 2)
+
+        comp = cr.component(double, inputs=In, outputs=Out, backend="numpy")
+        comp.apply({"x": np.ones(2)})
+        comp.vjp({"x": np.ones(2)}, {"y": np.ones(2)})
+        return [weakref.ref(In), weakref.ref(Out)]
+
+    refs = used()
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -4,6 +4,7 @@ Wrap simulators, solvers and models written in JAX, PyTorch or NumPy as typed, d
 components, and compose them into pipelines whose gradients flow end to end.
 """
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from chainrule._component.backends.base import FiniteDifferences
@@ -53,17 +54,23 @@ from chainrule._transport.launch.launch import Launched, launch
 if TYPE_CHECKING:
     from chainrule._tools.optimize.history import History, OptimizeResult
     from chainrule._tools.optimize.optimize import optimize
-    from chainrule._transport.http.app import ServerSettings, create_app
+    from chainrule._transport.http.app import create_app
     from chainrule._transport.http.serving import Server, serve
+    from chainrule._transport.settings import ServerSettings
 
 __version__ = "0.1.0"
+
+# The one environment variable the core reads, here at its edge: NaN hunting for a whole
+# process, servers included (`chainrule.check_finite`).
+if os.environ.get("CHAINRULE_CHECK_FINITE", "") not in ("", "0"):
+    check_finite(True)
 
 # Serving needs fastapi and uvicorn (the `serve` extra), optimization needs jax (the `jax`
 # extra): import those only when asked for.
 _LAZY = {
     "serve": ("._transport.http.serving", "serve"),
     "Server": ("._transport.http.serving", "serve"),
-    "ServerSettings": ("._transport.http.app", "serve"),
+    "ServerSettings": ("._transport.settings", "serve"),
     "create_app": ("._transport.http.app", "serve"),
     "optimize": ("._tools.optimize.optimize", "jax"),
     "OptimizeResult": ("._tools.optimize.history", "jax"),

@@ -1,4 +1,5 @@
-"""The `chainrule` command line (typer + rich): serve, call, schema, check, new, env build."""
+"""The `chainrule` command line (typer + rich): serve, call, schema, check, new; the `env`
+commands are in `env`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from chainrule._schema.errors import ChainruleError, LaunchError
+
+from .common import err, fail
+from .env import env_app
 
 app = typer.Typer(
     help="chainrule: typed, differentiable components you can serve, call and compose.",
@@ -23,9 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-env_app = typer.Typer(help="Component environments (built with uv, cached).", no_args_is_help=True)
 app.add_typer(env_app, name="env")
-err = Console(stderr=True)
 
 # A command talks to a server that is running or not: one quick retry covers a connection the
 # server closed, without the long reconnection window a supervised (launched) server gets.
@@ -54,11 +55,6 @@ def _options(
     ] = False,
 ) -> None:
     """chainrule: typed, differentiable components you can serve, call and compose."""
-
-
-def _fail(error: Exception) -> None:
-    err.print(f"[red]{type(error).__name__}[/red]: {escape(str(error))}")
-    raise typer.Exit(1)
 
 
 def _jsonable(tree: Any) -> Any:
@@ -131,13 +127,13 @@ def serve(
     A component folder is served in its own environment, built from its chainrule.toml as
     `chainrule env build` does (cached); `--current-env` serves it in this one instead.
     """
-    from chainrule._transport.http.app import ServerSettings
     from chainrule._transport.http.serving import (
         check_bind,
         load_component,
         serve_forever,
         stop_with_parent,
     )
+    from chainrule._transport.settings import ServerSettings
 
     if parent_pid is not None:
         stop_with_parent(parent_pid)  # first: the parent may go while the component imports
@@ -169,7 +165,7 @@ def serve(
 
         serve_forever(component, target, settings, workers=workers, announce=announce)
     except ChainruleError as e:
-        _fail(e)
+        fail(e)
 
 
 def _own_env_folder(target: str, current_env: bool) -> Path | None:
@@ -250,14 +246,14 @@ def call(
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
-        _fail(ChainruleError(f'the body is not JSON ({e}); e.g. \'{{"inputs": {{"x": [1, 2]}}}}\''))
+        fail(ChainruleError(f'the body is not JSON ({e}); e.g. \'{{"inputs": {{"x": [1, 2]}}}}\''))
     try:
         conn = Connection(
             url, token=token, timeout=timeout, retries=_CLI_RETRIES, content_type=_wire.JSON
         )
         answer = conn.call(f"/{endpoint.strip('/')}", payload)
     except ChainruleError as e:
-        _fail(e)
+        fail(e)
     print(json.dumps(_jsonable(answer), indent=2))
 
 
@@ -273,18 +269,15 @@ def schema(
 
             info = Connection(target, token=token, retries=_CLI_RETRIES).get_json("/schema")
         else:
+            from chainrule._transport.handler import describe
             from chainrule._transport.http.serving import load_component
+            from chainrule._transport.settings import ServerSettings
 
             comp = load_component(target)
-            info = {
-                "name": comp.name,
-                "backend": comp.backend.name,
-                "inputs": comp.inputs.model_json_schema(),
-                "outputs": comp.outputs.model_json_schema(),
-                "endpoints": comp.endpoints,
-            }
+            # The same document `GET /schema` answers, for a server with default settings.
+            info = describe(comp, ServerSettings())
     except ChainruleError as e:
-        _fail(e)
+        fail(e)
     print(json.dumps(info, indent=2))
 
 
@@ -309,7 +302,7 @@ def check(
             comp = load_component(target)
         report = check_gradients(comp, json.loads(inputs), n_random=n_random)
     except (ChainruleError, json.JSONDecodeError) as e:
-        _fail(e)
+        fail(e)
     Console().print(report)
     raise typer.Exit(0 if report.ok else 1)
 
@@ -375,7 +368,7 @@ def new(
 ) -> None:
     """Scaffold a component folder: component.py, chainrule.toml, README.md."""
     if not _valid_name(name):
-        _fail(
+        fail(
             ChainruleError(
                 f"name {name!r} cannot name a component: expected a Python identifier of ASCII "
                 f"letters, digits and _, starting with a letter, and not a Python keyword; "
@@ -383,10 +376,10 @@ def new(
             )
         )
     if backend not in _TEMPLATES:
-        _fail(ChainruleError(f"backend {backend!r}: use one of {sorted(_TEMPLATES)}"))
+        fail(ChainruleError(f"backend {backend!r}: use one of {sorted(_TEMPLATES)}"))
     folder = directory / name
     if folder.exists():
-        _fail(ChainruleError(f"{folder} already exists; choose another name or --dir"))
+        fail(ChainruleError(f"{folder} already exists; choose another name or --dir"))
     imports, requirement = _TEMPLATES[backend]
     folder.mkdir(parents=True)
     values = {"name": name, "backend": backend, "imports": imports, "requirement": requirement}
@@ -394,134 +387,6 @@ def new(
     (folder / "chainrule.toml").write_text(_TOML.format(**values))
     (folder / "README.md").write_text(_README.format(**values))
     err.print(f"created {folder}/ (component.py, chainrule.toml, README.md)")
-
-
-_CacheDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        envvar="CHAINRULE_CACHE",
-        help="the environment cache (default ~/.cache/chainrule/envs)",
-    ),
-]
-_Folder = Annotated[Path, typer.Argument(help="a component folder with chainrule.toml")]
-
-
-@env_app.command("build")
-def env_build(folder: _Folder, quiet: bool = False, cache_dir: _CacheDir = None) -> None:
-    """Build (or find cached) the component's environment; print its python."""
-    from chainrule._transport.launch.env import build_env
-
-    try:
-        python = build_env(folder, cache_dir=cache_dir, quiet=quiet)
-    except ChainruleError as e:
-        _fail(e)
-    print(python)
-
-
-@env_app.command("rebuild")
-def env_rebuild(folder: _Folder, quiet: bool = False, cache_dir: _CacheDir = None) -> None:
-    """Delete the component's environment and build it again; print its python."""
-    from chainrule._transport.launch.env_cache import rebuild
-
-    try:
-        python = rebuild(folder, cache_dir, quiet=quiet)
-    except ChainruleError as e:
-        _fail(e)
-    print(python)
-
-
-def _ago(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return "just now"
-
-
-@env_app.command("list")
-def env_list(
-    cache_dir: _CacheDir = None,
-    check: Annotated[bool, typer.Option(help="run each env's python (~0.3 s each)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False,
-) -> None:
-    """List the cached environments, least recently used first."""
-    import time
-
-    from rich.table import Table
-
-    from chainrule._transport.launch.env_cache import list_envs
-
-    envs = list_envs(cache_dir, check="import" if check else "files")
-    if as_json:
-        rows = [
-            {"path": str(e.path), **e.record, "last_used": e.last_used, "size": e.size,
-             "problem": e.problem, "servers": list(e.users)}
-            for e in envs
-        ]  # fmt: skip
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table("environment", "built for", "requirements", "size", "last used", "state")
-    for e in envs:
-        state = e.problem or ("in use by " + ", ".join(map(str, e.users)) if e.users else "ok")
-        table.add_row(
-            e.path.name, str(e.record.get("name", "?")),
-            escape(" ".join(e.record.get("requirements", [])) or "-"),
-            f"{e.size / 2**20:.0f} MiB", _ago(time.time() - e.last_used), escape(state),
-        )  # fmt: skip
-    Console().print(table if envs else "no cached environments")
-
-
-@env_app.command("prune")
-def env_prune(
-    cache_dir: _CacheDir = None,
-    all_: Annotated[bool, typer.Option("--all", help="remove every environment")] = False,
-    older_than: Annotated[
-        str | None, typer.Option(help="also remove those unused for this long: 30d, 12h, 2w")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option(help="only say what would be removed")] = False,
-) -> None:
-    """Remove broken environments and leftovers of crashed builds (and more, if asked);
-    environments of running launched servers are kept."""
-    from chainrule._transport.launch.env_cache import parse_age, prune
-
-    try:
-        age = None if older_than is None else parse_age(older_than)
-        removed, in_use = prune(cache_dir, everything=all_, older_than=age, dry_run=dry_run)
-    except ChainruleError as e:
-        _fail(e)
-    verb = "would remove" if dry_run else "removed"
-    for env in removed:
-        why = f" ({env.problem})" if env.problem else ""
-        err.print(f"{verb} {escape(str(env.path))}{escape(why)}", soft_wrap=True)
-    for env in in_use:
-        users = ", ".join(map(str, env.users))
-        err.print(f"kept {escape(str(env.path))} (used by servers {users})", soft_wrap=True)
-    freed = sum(env.size for env in removed) / 2**20
-    err.print(f"{verb} {len(removed)} environments ({freed:.0f} MiB)")
-
-
-@env_app.command("ps")
-def env_ps(
-    cache_dir: _CacheDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False,
-) -> None:
-    """List the running servers started by `launch` with this cache directory."""
-    import datetime
-
-    from rich.table import Table
-
-    from chainrule._transport.launch.env import cache_root
-    from chainrule._transport.launch.servers import running
-
-    servers = running(cache_root(cache_dir))
-    if as_json:
-        print(json.dumps([s.model_dump() for s in servers], indent=2))
-        return
-    table = Table("pid", "component", "url", "folder", "started", "launched by")
-    for s in servers:
-        started = datetime.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(s.pid), s.name, s.url, escape(s.folder), started, str(s.launcher))
-    Console().print(table if servers else "no running launched servers")
 
 
 def main() -> None:

@@ -1,63 +1,56 @@
 """Components: schemas + an `apply` function + a backend that derives the other endpoints.
 
-Public endpoint methods validate their arguments into a `Point` (validated inputs, leaves by
-path) and numpy tangents/cotangents, then dispatch to the implementation chosen by
-`endpoints.resolve` among the author's functions, the backend's and derivations of both.
+Every endpoint runs through one path, `Component.call(endpoint, inputs, **request)`: the
+inputs validated into a `Point` (validated inputs, leaves by path), the request's keywords
+validated at that point by their row of the endpoint table (`endpoints`, `validate`), then
+the implementation `rules.resolve` chose among the author's functions, the backend's and
+derivations of both. The public endpoint methods (`apply`, `vjp`, ...) are one line each
+over it.
+
+Bindings and tools run endpoints on points they trust (a framework binding's call site fixes
+every shape) through a small documented interface instead of the component's insides: `at`,
+`apply_at`, `run`, `written`, `inline`, `lane`, `errors`, `validate_outputs`, `paths`,
+`known_shapes` and `cache` (see "For bindings and tools" below).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
-import pydantic
-from pydantic_core import PydanticCustomError
 
-from chainrule._component.backends.base import Backend, FiniteDifferences
-from chainrule._component.backends.load import load_backend
 from chainrule._schema import tree as _tree
 from chainrule._schema.errors import (
-    ChainruleError,
-    ComponentError,
     EndpointUnavailableError,
-    NotDifferentiableError,
-    OutputValidationError,
     SchemaDefinitionError,
-    UnknownPathError,
     ValidationError,
 )
-from chainrule._schema.messages import format_pydantic
-from chainrule._schema.messages import prefixed as _prefixed
-from chainrule._schema.schema import ArraySpec, Schema, ShapeDtype, passthrough
-from chainrule._schema.schema import _shape_matches as _shape_ok
+from chainrule._schema.schema import Schema
 
-from . import finite as _finite
-from .carried import original as _carried_original
-from .endpoints import DERIVATIVES, Impl, resolve
+from . import dispatch, finite, validate
+from .backends.base import Backend, FiniteDifferences, Lane, as_outputs
+from .backends.load import load_backend
+from .endpoints import ENDPOINTS, Endpoint, derivatives
+from .memo import LRU
 from .point import Point
 from .residuals import Handle, Residual, ResidualCache
+from .rules import Impl, resolve
+from .shapes import output_shapes, shapes_of
 
 __all__ = ["Component", "Point", "component"]
 
-Paths = str | Sequence[str] | None
-
-
-def _as_paths(sel: Paths) -> tuple[str, ...] | None:
-    if sel is None:
-        return None
-    return (sel,) if isinstance(sel, str) else tuple(sel)
+Paths = validate.Paths
 
 
 class Component:
     """A typed, differentiable unit of computation (build it with `chainrule.component`).
 
     Endpoints: `apply`, `eval_shape`, `jvp`, `vjp`, `jacobian`, `batched_jvp`, `batched_vjp`
-    and `hvp`; `endpoints` tells which exist and where each comes from.
+    and `hvp` (`call` runs any of them by name); `endpoints` tells which exist and where each
+    comes from.
     """
 
     def __init__(
@@ -85,7 +78,8 @@ class Component:
         self._written: dict[str, Callable[..., Any]] = {}
         self._impls: dict[str, Impl] | None = None
         # Output shapes by static signature, for backends whose shapes depend on nothing else.
-        self._shapes: OrderedDict[Any, Schema] = OrderedDict()
+        self._shapes: LRU[Schema] = LRU(64)
+        self._caches: dict[str, LRU[Any]] = {}
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -98,12 +92,14 @@ class Component:
     def impls(self) -> dict[str, Impl]:
         """Chosen implementation of each endpoint (recomputed when the author adds one)."""
         if self._impls is None:
+            backend = self.backend
             sources = {
-                n: Impl(self.backend.endpoint(n), self.backend.provenance_of(n), self.backend.cost)
-                for n in self.backend.native
+                n: Impl(backend.endpoint(n), backend.provenance_of(n), backend.cost)
+                for n in backend.native
             }
+            written = self._written.items()
             sources.update(
-                {n: Impl(_written_impl(f, n), "written", 0.0) for n, f in self._written.items()}
+                {n: Impl(dispatch.written_impl(f, n), "written", 0.0) for n, f in written}
             )
             self._impls = resolve(sources)
         return self._impls
@@ -115,13 +111,13 @@ class Component:
             "apply": self.backend.provenance_of("apply"),
             "eval_shape": self.backend.eval_shape_provenance,
         }
-        return base | {n: self.impls[n].provenance for n in DERIVATIVES if n in self.impls}
+        return base | {n: self.impls[n].provenance for n in derivatives() if n in self.impls}
 
     def define(self, endpoint: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Use the author's `fn` for a derivative endpoint; missing ones are derived from it."""
-        if endpoint not in DERIVATIVES:
+        if endpoint not in derivatives():
             raise SchemaDefinitionError(
-                f"cannot define endpoint {endpoint!r}; derivative endpoints are {DERIVATIVES}"
+                f"cannot define endpoint {endpoint!r}; derivative endpoints are {derivatives()}"
             )
         self._written[endpoint] = fn
         self._impls = None
@@ -159,28 +155,7 @@ class Component:
         """Validate `inputs` (a dict, or an instance of the input schema) into a `Point`."""
         if isinstance(inputs, Point):
             return inputs
-        if isinstance(inputs, pydantic.BaseModel) and not isinstance(inputs, self.inputs):
-            inputs = inputs.model_dump()
-        if not isinstance(inputs, self.inputs | Mapping):
-            raise ValidationError(
-                f"invalid inputs to component '{self.name}': expected a dict or "
-                f"{self.inputs.__name__}, got {type(inputs).__name__}",
-                errors=[
-                    {
-                        "path": "(root)",
-                        "expected": f"dict or {self.inputs.__name__}",
-                        "got": type(inputs).__name__,
-                    }
-                ],
-            )
-        exact = _construct_exact(self.inputs, inputs)
-        if exact is not None:
-            return Point(self, exact)
-        try:
-            return Point(self, self.inputs.model_validate(inputs))
-        except pydantic.ValidationError as e:
-            message, errors = format_pydantic(e, f"invalid inputs to component '{self.name}'")
-            raise ValidationError(message, errors=errors) from None
+        return Point(self, validate.inputs(self, inputs))
 
     def traced_inputs(self, inputs: Any, binding: str) -> Schema:
         """Inputs for a framework binding: validated like `point`, except that framework arrays
@@ -190,233 +165,67 @@ class Component:
             inputs: a dict or an input schema instance.
             binding: the caller, for messages (`"chainrule.jax.call"`).
         """
-        if isinstance(inputs, Schema):
-            inputs = {name: getattr(inputs, name) for name in type(inputs).model_fields}
-        if not isinstance(inputs, dict):
-            raise ValidationError(
-                f"{binding}({self.name}): inputs must be a dict, got {type(inputs).__name__}",
-                errors=[{"path": "(root)", "expected": "dict", "got": type(inputs).__name__}],
-            )
-        try:
-            with passthrough():
-                return self.inputs.model_validate(inputs)
-        except pydantic.ValidationError as e:
-            message, errors = format_pydantic(e, f"invalid inputs to component '{self.name}'")
-            raise ValidationError(message, errors=errors) from None
+        return validate.traced_inputs(self, inputs, binding)
 
-    def _input_leaf(self, p: Point, path: str, role: str) -> _tree.Leaf:
-        if path not in p.leaves:
-            raise UnknownPathError(
-                f"{role}: '{path}' is not an array input of component '{self.name}'; "
-                f"differentiable inputs are {list(p.diff)}",
-                errors=[{"path": path, "expected": list(p.diff), "got": path}],
-            )
-        if path not in p.diff:
-            raise NotDifferentiableError(
-                f"{role}: input '{path}' of component '{self.name}' is not differentiable "
-                f"({p.leaves[path].spec}); mark it Differentiable[...] in "
-                f"{self.inputs.__name__}, or leave it out. Differentiable inputs: {list(p.diff)}",
-                errors=[{"path": path, "expected": "a Differentiable input", "got": path}],
-            )
-        return p.leaves[path]
+    def traced_outputs(self, raw: Any) -> Schema:
+        """What the function returned (an output instance or a dict) as an output instance,
+        framework arrays passed through unconverted (a binding running it inline)."""
+        return as_outputs(raw, self.outputs, self.name)
 
-    def _output_specs(self, p: Point, res: Residual | None) -> dict[str, tuple[ArraySpec, Any]]:
-        """{output path: (spec, shape or None)}: exact shapes when known cheaply."""
-        static = _static_leaves(self.outputs)
-        if static is not None:  # shapes fixed by the declaration and the inputs' named dims
-            bound = {k: (s, _bound(s.shape, p.dims)) for k, s in static}
-            if all(type(d) is int for _, shape in bound.values() for d in shape):
-                return bound
-        known = p.out_leaves(res, run=static is None)
-        if known is not None:
-            return {k: (x.spec, tuple(x.value.shape)) for k, x in known.items()}
-        return {k: (s, None) for k, s in static or ()}
+    # ---- the one path ----------------------------------------------------------------------
 
-    def _output_leaf(self, p: Point, path: str, role: str, specs: Mapping[str, Any]) -> Any:
-        diff = [k for k, (s, _) in specs.items() if s.differentiable]
-        if path not in specs:
-            raise UnknownPathError(
-                f"{role}: '{path}' is not an array output of component '{self.name}'; "
-                f"differentiable outputs are {diff}",
-                errors=[{"path": path, "expected": diff, "got": path}],
-            )
-        if path not in diff:
-            raise NotDifferentiableError(
-                f"{role}: output '{path}' of component '{self.name}' is not differentiable "
-                f"({specs[path][0]}); differentiable outputs are {diff}",
-                errors=[{"path": path, "expected": "a Differentiable output", "got": path}],
-            )
-        return specs[path]
+    def call(self, endpoint: str, inputs: Any, **request: Any) -> Any:
+        """Run `endpoint` (any row of `chainrule.ENDPOINTS`) at `inputs`, the request keywords
+        validated by the row: the path every endpoint method takes.
 
-    def _tangent_array(self, value: Any, spec: ArraySpec, role: str, path: str) -> np.ndarray:
-        try:
-            return np.asarray(spec.validate(value))
-        except PydanticCustomError as e:
-            msg = f"{role} for '{path}' of component '{self.name}': {e}"
-            raise ValidationError(
-                msg, errors=[{"path": f"{role}.{path}", **(e.context or {}), "message": msg}]
-            ) from None
+        Example:
+            ```python
+            grads = comp.call("vjp", {"x": x}, cotangents={"y": ct})  # as comp.vjp(...)
+            ```
+        """
+        row = self._row(endpoint, request)
+        return self._call(row, self.point(inputs), request)
 
-    def _tangents(self, p: Point, tangents: Any, batched: bool) -> dict[str, np.ndarray]:
-        role = "batched tangents" if batched else "tangents"
-        _require_mapping(tangents, role, "input", p.diff)
-        out = {}
-        for path, t in tangents.items():
-            leaf = self._input_leaf(p, path, role)
-            shape = tuple(leaf.value.shape)
-            spec = ArraySpec(
-                ((None,) if batched else ()) + shape, leaf.value.dtype, casting="same_kind"
-            )
-            out[path] = self._tangent_array(t, spec, role, path)
-        _check_batch(out, role)
-        return out
-
-    def _cotangents(self, p: Point, cts: Any, batched: bool, res: Residual | None) -> dict:
-        role = "batched cotangents" if batched else "cotangents"
-        specs = self._output_specs(p, res)
-        _require_mapping(
-            cts, role, "output", [k for k, (s, _) in specs.items() if s.differentiable]
-        )
-        out = {}
-        for path, c in cts.items():
-            spec, shape = self._output_leaf(p, path, role, specs)
-            pattern = shape if shape is not None else _bound(spec.shape, p.dims)
-            full = ArraySpec(
-                ((None,) if batched else ()) + tuple(pattern), spec.dtype, casting="same_kind"
-            )
-            out[path] = self._tangent_array(c, full, role, path)
-        _check_batch(out, role)
-        return out
-
-    def _wrt(self, p: Point, wrt: Paths, role: str = "wrt") -> tuple[str, ...]:
-        paths = _as_paths(wrt)
-        if paths is None:
-            return p.diff
-        for path in paths:
-            self._input_leaf(p, path, role)
-        return paths
-
-    def _of(self, p: Point, of: Paths, res: Residual | None, role: str = "of") -> tuple[str, ...]:
-        specs = self._output_specs(p, res)
-        paths = _as_paths(of)
-        if paths is None:
-            return tuple(k for k, (s, _) in specs.items() if s.differentiable)
-        for path in paths:
-            self._output_leaf(p, path, role, specs)
-        return paths
-
-    def _check_outputs(self, raw: Any, p: Point) -> Schema:
-        # An instance the author's own Outputs(...) call validated needs no second pass.
-        out = raw if _validated_numpy(raw, self.outputs) else self._validate_outputs(raw)
-        if _dims_agree(p.dims, out):  # the usual case, checked without building labels
-            return out
-        if _tree.has_named_dims(type(p.inputs)) or _tree.has_named_dims(self.outputs):
-            # Label the two sides so a mismatch says which field is an input, which an output.
-            ins = [_tree.Leaf(f"inputs.{x.path}", x.spec, x.value) for x in p.leaves.values()]
-            outs = [_tree.Leaf(f"outputs.{x.path}", x.spec, x.value) for x in _tree.leaves(out)]
-            what = f"component '{self.name}' returned bad outputs"
-            _tree.bind_dims([ins, outs], _prefixed(OutputValidationError, what))
-        return out
-
-    def _validate_outputs(self, raw: Any) -> Schema:
-        if isinstance(raw, pydantic.BaseModel):
-            raw = raw.model_dump()
-        if not isinstance(raw, Mapping):
-            raise OutputValidationError(
-                f"component '{self.name}' returned {type(raw).__name__}; return an "
-                f"{self.outputs.__name__} instance or a dict of its fields"
-            )
-        exact = _construct_exact(self.outputs, raw)
-        if exact is not None:
-            return exact
-        try:
-            return self.outputs.model_validate(raw)
-        except pydantic.ValidationError as e:
-            message, errors = format_pydantic(e, f"component '{self.name}' returned bad outputs")
-            raise OutputValidationError(message, errors=errors) from None
-
-    # ---- running ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _guard(self, endpoint: str) -> Iterator[None]:
-        """Re-raise the author's exceptions as ComponentError, chained, with the endpoint."""
-        self.calls[endpoint] += 1
-        try:
-            yield
-        except ChainruleError:
-            raise
-        except pydantic.ValidationError as e:
-            message, errors = format_pydantic(e, f"component '{self.name}' built bad outputs")
-            raise OutputValidationError(message, errors=errors) from e
-        except Exception as e:
-            original = _carried_original(e)
-            if original is not None:  # a nested component failed inside jitted code
-                raise original.with_traceback(None)  # noqa: B904 (keeps the author's cause)
-            raise ComponentError(
-                f"component '{self.name}' raised in {endpoint}: {type(e).__name__}: {e}"
-            ) from e
-
-    def _apply_point(self, p: Point, keep: bool) -> tuple[Schema, Residual | None]:
-        checking = _finite.active()
-        if checking:
-            self._check_given("apply", p, {})
-        with self._guard("apply"):
-            raw, residual = self.backend.apply(p, keep)
-        out = self._check_outputs(raw, p)
-        if checking:
-            outs = ((x.path, x.value) for x in _tree.leaves(out))
-            _finite.check_values(self.name, "apply", "output", outs, made=True)
-        if residual is not None:
-            residual.outputs = _output_shapes(out)  # shapes only: the residual pins no output
-        if self.backend.cheap_eval_shape and self.backend.static_shapes:
-            self._remember_shapes(p, out)
-        return out, residual
-
-    def _remember_shapes(self, p: Point, out: Schema) -> None:
-        key = p.signature
-        if key not in self._shapes:
-            self._shapes[key] = _shapes_of(out)
-            while len(self._shapes) > 64:
-                self._shapes.popitem(last=False)
-
-    def _cheap_shapes(self, p: Point) -> Schema | None:
-        """Output shapes without running apply, or None when that needs apply."""
-        if not self.backend.cheap_eval_shape:
-            return None
-        key = p.signature if self.backend.static_shapes else None
-        if key in self._shapes:
-            return self._shapes[key]
-        with contextlib.suppress(EndpointUnavailableError):
-            shapes = self.eval_shape(p)
-            if key is not None:
-                self._shapes[key] = shapes
-            return shapes
-        return None
-
-    def _run(self, endpoint: str, p: Point, res: Residual | None, **request: Any) -> Any:
-        impl = self.impls.get(endpoint)
-        if impl is None:
+    def _row(self, endpoint: str, request: Mapping[str, Any]) -> Endpoint:
+        row = ENDPOINTS.get(endpoint)
+        if row is None:
             raise EndpointUnavailableError(
-                f"component '{self.name}' ({self.backend.name} backend) has no {endpoint} and "
-                f"none can be derived from what it has ({sorted(self.impls)}); define one "
-                f"with @{self.name}.def_{endpoint}"
+                f"component '{self.name}' has no endpoint {endpoint!r}; endpoints are "
+                f"{sorted(ENDPOINTS)}"
             )
-        checking = _finite.active()
-        if checking:
-            self._check_given(endpoint, p, request)
-        with self._guard(endpoint):
-            result = impl.fn(p, res, **request)
-        result = _numpy_tree(result)
-        if checking:
-            _finite.check_values(self.name, endpoint, "result", _flat_items(result), made=True)
-        return result
+        unknown = request.keys() - set(row.request)
+        if unknown:
+            raise ValidationError(
+                f"{endpoint} of component '{self.name}' takes {list(row.request)}, "
+                f"not {sorted(unknown)}",
+                errors=[{"path": k, "expected": list(row.request), "got": k} for k in unknown],
+            )
+        return row
 
-    def _check_given(self, endpoint: str, p: Point, request: dict[str, Any]) -> None:
-        _finite.check_values(self.name, endpoint, "input", p.values.items(), made=False)
-        for role in ("tangents", "cotangents"):
-            given = request.get(role)
-            if isinstance(given, Mapping):
-                _finite.check_values(self.name, endpoint, role[:-1], given.items(), made=False)
+    def _call(self, row: Endpoint, p: Point, request: Mapping[str, Any]) -> Any:
+        if row.result == "outputs":
+            keep = bool(request.get("keep"))
+            out, handle = self.apply_at(p, keep)
+            return (out, handle) if keep else out
+        if row.result == "shapes":
+            with self.errors(row.name):
+                return self.backend.eval_shape(p)
+        if row.name not in self.impls:
+            self._unavailable(row.name)
+        res = self.residuals.get(request.get("handle"), p.inputs)
+        given = validate.request(self, row, p, res, request)
+        if row.result == "jacobian" and not (given["wrt"] and given["of"]):
+            return {o: {} for o in given["of"]}  # an empty Jacobian: no backend builds one
+        return self.run(row.name, p, res, **given)
+
+    def _unavailable(self, endpoint: str) -> None:
+        raise EndpointUnavailableError(
+            f"component '{self.name}' ({self.backend.name} backend) has no {endpoint} and "
+            f"none can be derived from what it has ({sorted(self.impls)}); define one "
+            f"with @{self.name}.def_{endpoint}"
+        )
+
+    # ---- the endpoints ---------------------------------------------------------------------
 
     @overload
     def apply(self, inputs: Any, *, keep: Literal[False] = False) -> Any: ...
@@ -431,29 +240,13 @@ class Component:
             keep: also keep the linearization and return `(outputs, handle)`; pass the handle to
                 `vjp`/`jvp` at the same inputs to skip their forward pass.
         """
-        out, handle = self._apply_kept(self.point(inputs), keep)
-        return (out, handle) if keep else out
-
-    def _apply_kept(
-        self, p: Point, keep: bool, made_at: bytes | None = None
-    ) -> tuple[Schema, Handle | None]:
-        """Apply at a validated point; with `keep`, also the handle of the kept residual
-        (`made_at`: the point's fingerprint, if the caller has it already)."""
-        if not keep:
-            return self._apply_point(p, keep)[0], None
-        made_at = made_at or p.fingerprint()  # before apply: the point the forward pass saw
-        out, residual = self._apply_point(p, keep)
-        residual = residual or Residual(None, 0, _output_shapes(out))
-        residual.fingerprint = made_at
-        return out, self.residuals.put(self.name, residual)
+        return self.call("apply", inputs, keep=keep)
 
     __call__ = apply
 
     def eval_shape(self, inputs: Any) -> Any:
         """Output shapes and dtypes without computing them (an output instance of ShapeDtype)."""
-        p = self.point(inputs)
-        with self._guard("eval_shape"):
-            return self.backend.eval_shape(p)
+        return self.call("eval_shape", inputs)
 
     def jvp(
         self,
@@ -464,7 +257,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """Jacobian-vector product `{output path: J·t}` for tangents `{input path: t}`."""
-        return self._forward("jvp", inputs, tangents, of, handle)
+        return self.call("jvp", inputs, tangents=tangents, of=of, handle=handle)
 
     def vjp(
         self,
@@ -475,18 +268,13 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """Vector-Jacobian product `{input path: Jᵀ·c}` for cotangents `{output path: c}`."""
-        return self._reverse("vjp", inputs, cotangents, wrt, handle)
+        return self.call("vjp", inputs, cotangents=cotangents, wrt=wrt, handle=handle)
 
     def jacobian(
         self, inputs: Any, *, wrt: Paths = None, of: Paths = None, handle: Handle | None = None
     ) -> dict[str, dict[str, np.ndarray]]:
         """`{output path: {input path: ∂out/∂in}}`, each of shape `out.shape + in.shape`."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.inputs)
-        wrt_paths, of_paths = self._wrt(p, wrt), self._of(p, of, res)
-        if not wrt_paths or not of_paths:  # an empty Jacobian; jax and torch cannot build one
-            return {o: {} for o in of_paths}
-        return self._run("jacobian", p, res, wrt=wrt_paths, of=of_paths)
+        return self.call("jacobian", inputs, wrt=wrt, of=of, handle=handle)
 
     def batched_jvp(
         self,
@@ -497,7 +285,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """`jvp` for a leading batch axis of tangents, answered in one call."""
-        return self._forward("batched_jvp", inputs, tangents, of, handle)
+        return self.call("batched_jvp", inputs, tangents=tangents, of=of, handle=handle)
 
     def batched_vjp(
         self,
@@ -508,31 +296,7 @@ class Component:
         handle: Handle | None = None,
     ) -> dict[str, np.ndarray]:
         """`vjp` for a leading batch axis of cotangents, answered in one call."""
-        return self._reverse("batched_vjp", inputs, cotangents, wrt, handle)
-
-    def _forward(
-        self, endpoint: str, inputs: Any, tangents: Any, of: Paths, handle: Handle | None
-    ) -> dict[str, np.ndarray]:
-        """jvp or batched_jvp: validate, then run with the kept residual if there is one."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.inputs)
-        t = self._tangents(p, tangents, batched=endpoint.startswith("batched"))
-        result: dict[str, np.ndarray] = self._run(
-            endpoint, p, res, tangents=t, of=self._of(p, of, res)
-        )
-        return result
-
-    def _reverse(
-        self, endpoint: str, inputs: Any, cotangents: Any, wrt: Paths, handle: Handle | None
-    ) -> dict[str, np.ndarray]:
-        """vjp or batched_vjp: validate, then run with the kept residual if there is one."""
-        p = self.point(inputs)
-        res = self.residuals.get(handle, p.inputs)
-        c = self._cotangents(p, cotangents, batched=endpoint.startswith("batched"), res=res)
-        result: dict[str, np.ndarray] = self._run(
-            endpoint, p, res, cotangents=c, wrt=self._wrt(p, wrt)
-        )
-        return result
+        return self.call("batched_vjp", inputs, cotangents=cotangents, wrt=wrt, handle=handle)
 
     def hvp(
         self,
@@ -547,60 +311,7 @@ class Component:
         sum of outputs `Σ ⟨cotangents[o], outputs[o]⟩` (the derivative of `vjp(cotangents)`
         along `t`), for outputs of any shape; `of=` one scalar output is the shorthand for
         weight 1 on it (the default when the component has exactly one scalar output)."""
-        p = self.point(inputs)
-        if "hvp" not in self.impls:
-            self._run("hvp", p, None)  # raises EndpointUnavailableError with the fix
-        t = self._tangents(p, tangents, batched=False)
-        c = self._hvp_weights(p, cotangents, of)
-        return self._run("hvp", p, None, tangents=t, cotangents=c, wrt=self._wrt(p, wrt))
-
-    def _hvp_weights(
-        self, p: Point, cotangents: Mapping[str, Any] | None, of: str | None
-    ) -> dict[str, np.ndarray]:
-        """The output weights of an hvp: the cotangents given, or 1 on the scalar output `of`."""
-        if cotangents is not None and of is not None:
-            raise ValidationError(
-                f"hvp of component '{self.name}': give cotangents= (output weights) or of= "
-                "(one scalar output), not both",
-                errors=[{"path": "of", "expected": "of or cotangents", "got": "both"}],
-            )
-        if cotangents is not None:
-            return self._cotangents(p, cotangents, batched=False, res=None)
-        scalar = self._scalar_output(p, of)
-        spec, shape = self._output_specs(p, None)[scalar]
-        if shape is None:
-            shape = p.out_shapes((scalar,), None)[scalar]
-        return {scalar: np.ones(shape, spec.dtype)}
-
-    def _scalar_output(self, p: Point, of: str | None) -> str:
-        specs = self._output_specs(p, None)
-        if of is None:
-            declared = {
-                k: shape if shape is not None else _bound(s.shape, p.dims)
-                for k, (s, shape) in specs.items()
-            }
-            scalars = [
-                k
-                for k, (s, _) in specs.items()
-                if s.differentiable
-                and all(type(d) is int for d in declared[k])
-                and int(np.prod(declared[k])) == 1
-            ]
-            if len(scalars) != 1:
-                raise ValidationError(
-                    f"hvp of component '{self.name}' needs cotangents={{output path: weights}} "
-                    f"or of=<a scalar differentiable output>; scalar differentiable outputs: "
-                    f"{scalars}"
-                )
-            return scalars[0]
-        _, shape = self._output_leaf(p, of, "hvp of", specs)
-        if shape is not None and int(np.prod(shape)) != 1:
-            raise ValidationError(
-                f"hvp of component '{self.name}': output '{of}' has shape {shape}, expected a "
-                "scalar for of=; for a vector output pass cotangents={"
-                f"'{of}': weights}} (the Hessian of the weighted sum)"
-            )
-        return of
+        return self.call("hvp", inputs, tangents=tangents, cotangents=cotangents, of=of, wrt=wrt)
 
     def release(self, handle: Handle) -> None:
         """Drop a kept linearization now."""
@@ -611,193 +322,128 @@ class Component:
         reconnecting as needed."""
         self.backend.close()
 
+    # ---- for bindings and tools ------------------------------------------------------------
+    #
+    # A framework binding's call site fixes every shape and dtype, so it need not validate
+    # each call again: it builds trusted points (`at`) and runs endpoints on them (`apply_at`,
+    # `run`, or a backend's per-site `lane`). Tools validate once (`point`, `paths`) and then
+    # call the endpoints. None of these validate their arguments: they are for callers that
+    # have (the public endpoint methods above do it for everyone else).
 
-def _output_shapes(out: Schema) -> list[tuple[str, ArraySpec, Any, Any]]:
-    """What a residual keeps of its outputs: (path, spec, shape, dtype) of each leaf, no data
-    (plain tuples: cheap to make on every keep; `_shape_leaves` builds leaves when needed)."""
-    return [(x.path, x.spec, x.value.shape, x.value.dtype) for x in _tree.leaves(out)]
+    def at(self, inputs: Schema, dims: dict[str, int] | None = None) -> Point:
+        """A point at an input instance the caller has validated (no validation here).
 
+        Arguments:
+            inputs: an instance of the input schema.
+            dims: the sizes of its named dimensions, if known (else bound from its shapes).
+        """
+        return Point(self, inputs, dims)
 
-def _shapes_of(out: Schema) -> Schema:
-    """`out` with `ShapeDtype` leaves: its shapes, dtypes and static values, no array data."""
-    shapes = {x.path: ShapeDtype(tuple(x.value.shape), x.value.dtype) for x in _tree.leaves(out)}
-    return _tree.replace_leaves(out, shapes)
+    def apply_at(
+        self, p: Point, keep: bool = False, fingerprint: bytes | None = None
+    ) -> tuple[Schema, Handle | None]:
+        """Apply at a validated point: the validated outputs and, with `keep`, the handle of
+        the kept linearization (`fingerprint`: the point's, if the caller has it already)."""
+        if not keep:
+            return self._apply(p, False)[0], None
+        made_at = fingerprint or p.fingerprint()  # before apply: the point the forward pass saw
+        out, residual = self._apply(p, True)
+        residual = residual or Residual(None, 0, output_shapes(out))
+        residual.fingerprint = made_at
+        return out, self.residuals.put(self.name, residual)
 
+    def _apply(self, p: Point, keep: bool) -> tuple[Schema, Residual | None]:
+        checking = finite.active()
+        if checking:
+            dispatch.check_given(self.name, "apply", p, {})
+        with self.errors("apply"):
+            raw, residual = self.backend.apply(p, keep)
+        out = validate.outputs(self, raw, p)
+        if checking:
+            outs = ((x.path, x.value) for x in _tree.leaves(out))
+            finite.check_values(self.name, "apply", "output", outs, made=True)
+        if residual is not None:
+            residual.outputs = output_shapes(out)  # shapes only: the residual pins no output
+        caps = self.backend.capabilities
+        if caps.cheap_eval_shape and caps.static_shapes and p.signature not in self._shapes:
+            self._shapes.put(p.signature, shapes_of(out))
+        return out, residual
 
-def _construct_exact(model: type[Schema], data: Any) -> Schema | None:
-    """`data` as a `model` instance without Pydantic, when nothing needs converting: a flat
-    schema, every array already a numpy array of the exact dtype and a fitting shape, every
-    other value of exactly its annotated type, no unknown keys. Else None (validate normally).
+    def run(self, endpoint: str, p: Point, residual: Residual | None = None, **request: Any) -> Any:
+        """Run derivative `endpoint` at a validated point with a validated request (numpy
+        arrays by path, path tuples; see `validate.request`): its numpy result tree."""
+        impl = self.impls.get(endpoint)
+        if impl is None:
+            self._unavailable(endpoint)
+            raise AssertionError("unreachable")
+        checking = finite.active()
+        if checking:
+            dispatch.check_given(self.name, endpoint, p, request)
+        with self.errors(endpoint):
+            result = impl.fn(p, residual, **request)
+        result = dispatch.numpy_tree(result)
+        if checking:
+            dispatch.check_results(self.name, endpoint, result)
+        return result
 
-    Arrays that crossed the wire or came from another component are usually exact already;
-    this skips a validation pass that costs more than a small call itself.
-    """
-    plan = _exact_plan(model)
-    if plan is None or type(data) is not dict:
-        return None
-    steps, names = plan
-    if not names.issuperset(data):  # unknown keys
-        return None
-    for name, spec, kind, required in steps:
-        value = data.get(name, _MISSING)
-        if value is _MISSING:
-            if required:
-                return None
-        elif spec is None:
-            if type(value) is not kind:
-                return None
-        elif not (
-            type(value) is np.ndarray and value.dtype == kind and _shape_ok(spec.shape, value.shape)
-        ):
+    @property
+    def written(self) -> frozenset[str]:
+        """The derivative endpoints the author wrote (`define`, `def_vjp`, ...)."""
+        return frozenset(self._written)
+
+    def inline(self, framework: str) -> bool:
+        """Whether a binding of `framework` ("jax", "torch") may run the function itself on the
+        caller's arrays: the backend computes with that framework (its capabilities say so)
+        and no derivative of the author's must be honoured instead of the framework's own."""
+        return self.backend.capabilities.framework == framework and not self._written
+
+    def lane(self, in_paths: Sequence[str], out_paths: Sequence[str]) -> Lane | None:
+        """The backend's plan for one call site whose array leaves are `in_paths` and
+        `out_paths` (fixed shapes and dtypes): `apply` and the `vjp` of a kept apply on trusted
+        numpy arrays, without a Point (`backends.base.Lane`); None if the backend has none."""
+        return self.backend.host_lane(self, tuple(in_paths), tuple(out_paths))
+
+    @contextlib.contextmanager
+    def errors(self, endpoint: str) -> Iterator[None]:
+        """Count a call of `endpoint` and turn what the author's code raises inside the block
+        into chainrule's errors (`ComponentError` chaining the original, ...)."""
+        with dispatch.guard(self.name, self.calls, endpoint):
+            yield
+
+    def validate_outputs(self, raw: Any, p: Point) -> Schema:
+        """What the function returned at `p` as a validated output instance (the one check)."""
+        return validate.outputs(self, raw, p)
+
+    def paths(
+        self, p: Point, wrt: Paths = None, of: Paths = None, residual: Residual | None = None
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The input paths `wrt` and output paths `of` validated at `p` (each defaulting to
+        every differentiable leaf)."""
+        return validate.wrt(self, p, wrt), validate.of(self, p, of, residual)
+
+    def known_shapes(self, p: Point) -> Schema | None:
+        """Output shapes at `p` without running apply, or None when that needs apply."""
+        caps = self.backend.capabilities
+        if not caps.cheap_eval_shape:
             return None
-    return model.model_construct(**data)
-
-
-_MISSING = object()
-
-
-@functools.cache
-def _static_leaves(model: type[Schema]) -> tuple[tuple[str, ArraySpec], ...] | None:
-    """The array leaves a schema class fixes (None when the instance decides), cached."""
-    found = _tree.class_leaves(model)
-    return None if found is None else tuple(found.items())
-
-
-@functools.cache
-def _exact_plan(model: type[Schema]) -> tuple[tuple[Any, ...], frozenset[str]] | None:
-    """Per flat schema: `(field, spec, dtype or annotation, required)` for each field, and
-    the field names: what `_construct_exact` checks, looked up once per class."""
-    flat = _tree.flat_fields(model)
-    if flat is None:
+        key = p.signature if caps.static_shapes else None
+        remembered = self._shapes.get(key)
+        if remembered is not None:
+            return remembered
+        with contextlib.suppress(EndpointUnavailableError):
+            shapes = self._call(ENDPOINTS["eval_shape"], p, {})
+            if key is not None:
+                self._shapes.put(key, shapes)
+            return shapes
         return None
-    fields = model.model_fields
-    steps = tuple(
-        (name, spec, spec.dtype if spec is not None else fields[name].annotation,
-         fields[name].is_required())
-        for name, spec in flat
-    )  # fmt: skip
-    return steps, frozenset(fields)
 
-
-def _dims_agree(dims: Mapping[str, int], out: Schema) -> bool:
-    """Whether the outputs' named dimensions agree with each other and with the inputs'."""
-    if not _tree.has_named_dims(type(out)):
-        return True
-    seen = dict(dims)
-    for leaf in _tree.leaves(out):
-        for name, size in leaf.spec.bind(tuple(leaf.value.shape)).items():
-            if seen.setdefault(name, size) != size:
-                return False
-    return True
-
-
-def _validated_numpy(raw: Any, outputs: type[Schema]) -> bool:
-    """Whether `raw` is a flat outputs instance whose arrays already match their specs exactly
-    (as when the author's code built it with validation): then it needs no second pass."""
-    if type(raw) is not outputs or _tree.flat_fields(outputs) is None:
-        return False
-    for leaf in _tree.leaves(raw):
-        value = leaf.value
-        if not (isinstance(value, np.ndarray) and value.dtype == leaf.spec.dtype):
-            return False
-        if not _shape_ok(leaf.spec.shape, value.shape):
-            return False
-    return True
-
-
-def _bound(shape: tuple[Any, ...], dims: Mapping[str, int]) -> tuple[Any, ...]:
-    return tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
-
-
-def _require_mapping(value: Any, role: str, kind: str, paths: Sequence[str]) -> None:
-    if not isinstance(value, Mapping):
-        raise ValidationError(
-            f"{role} must be a dict {{{kind} path: array}} over {list(paths)}, "
-            f"got {type(value).__name__}"
-        )
-
-
-def _check_batch(arrays: Mapping[str, np.ndarray], role: str) -> None:
-    sizes = {p: a.shape[0] for p, a in arrays.items() if "batched" in role}
-    if "batched" in role and not sizes:
-        raise ValidationError(
-            f"{role} are empty; a batched call takes its batch size from them: give at least "
-            "one leaf, with a leading batch axis",
-            errors=[{"path": role, "expected": "at least one leaf", "got": "{}"}],
-        )
-    if 0 in sizes.values():
-        raise ValidationError(
-            f"{role} have batch size 0; send at least one row along the leading axis",
-            errors=[
-                {"path": f"{role}.{p}", "expected": "batch size >= 1", "got": n}
-                for p, n in sizes.items()
-                if n == 0
-            ],
-        )
-    if len(set(sizes.values())) > 1:
-        first = next(iter(sizes.values()))
-        raise ValidationError(
-            f"{role} have different batch sizes {sizes}; give every leaf the same leading axis",
-            errors=[
-                {"path": f"{role}.{p}", "expected": f"batch size {first}", "got": n}
-                for p, n in sizes.items()
-            ],
-        )
-
-
-def _flat_items(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(path, array) of a nested result dict, e.g. a Jacobian's `{out: {in: block}}`."""
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _flat_items(v, f"{prefix}{k}" if not prefix else f"{prefix}/{k}")
-    else:
-        yield prefix, tree
-
-
-def _numpy_tree(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _numpy_tree(v) for k, v in value.items()}
-    return value if isinstance(value, np.ndarray) else np.asarray(value)
-
-
-def _written_impl(fn: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
-    """Adapt an author's function `fn(inputs, <request>...)` to the implementation shape."""
-    accepted = set(inspect.signature(fn).parameters)
-    if endpoint == "hvp" and "cotangents" not in accepted:
-        return _written_scalar_hvp(fn, accepted)
-
-    def impl(p: Point, res: Any, **request: Any) -> Any:
-        kwargs = {k: v for k, v in request.items() if k in accepted}
-        return fn(p.inputs, **kwargs)
-
-    impl.__name__ = f"written_{endpoint}"
-    return impl
-
-
-def _written_scalar_hvp(fn: Callable[..., Any], accepted: set[str]) -> Callable[..., Any]:
-    """An author's hvp of one scalar output, `fn(inputs, tangents[, of, wrt])`, as the weighted
-    form: the sum of its answers for each weighted output, each weight a scalar."""
-
-    def impl(p: Any, res: Any, tangents: Any, cotangents: Any, wrt: Any) -> Any:
-        total: dict[str, np.ndarray] = {}
-        for o, weight in cotangents.items():
-            if np.size(weight) != 1:
-                raise EndpointUnavailableError(
-                    f"the hvp written for component '{p.component.name}' is of one scalar "
-                    f"output (it takes no cotangents=), but output '{o}' has shape "
-                    f"{np.shape(weight)}; give it a `cotangents` parameter (output weights: "
-                    "the Hessian of the weighted sum of outputs) to serve vector outputs"
-                )
-            given = {"tangents": tangents, "of": o, "wrt": wrt}
-            kwargs = {k: v for k, v in given.items() if k in accepted}
-            answer = fn(p.inputs, **kwargs)
-            for w in wrt:
-                term = float(np.reshape(weight, ())) * np.asarray(answer[w])
-                total[w] = total[w] + term if w in total else term
-        return {w: total[w] if w in total else np.zeros_like(p.values[w]) for w in wrt}
-
-    impl.__name__ = "written_hvp"
-    return impl
+    def cache(self, owner: str, size: int = 256) -> LRU[Any]:
+        """A bounded cache that lives and dies with this component, for `owner` (a binding
+        keeps its call sites here, keyed by their static signature)."""
+        found = self._caches.get(owner)
+        if found is None:
+            found = self._caches.setdefault(owner, LRU(size))
+        return found
 
 
 def component(

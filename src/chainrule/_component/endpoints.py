@@ -1,303 +1,179 @@
-"""The endpoint table and the rules that derive one endpoint from another.
+"""The endpoint table: one typed row per endpoint.
 
-Every endpoint implementation, whoever provides it (a backend, the author, a derivation), has
-the same shape: `impl(point, residual, **request) -> result`, where `point` is a validated
-input point (see `point.Point`), `residual` a kept linearization or None, and the request
-keywords are the ones listed in `ENDPOINTS`. Adding an endpoint is a row here; adding a way to
-derive one is a row in `RULES`.
+A row says everything the rest of chainrule needs to know about an endpoint, so that nothing
+is wired by hand per endpoint elsewhere:
+
+- its request keywords besides `inputs` (`Keyword`): each with the annotation of the OpenAPI
+  request model, whether it is required (else its default), a fast check of a decoded wire
+  value and the text saying what that check expects, and its *role*, which says how the
+  component validates it at a point (`validate.request`);
+- its result kind (`Result`), which tells a server how to shape the answer and a remote client
+  how to read it;
+- whether it is a derivative (an author may write it: `Component.define`) and whether it is
+  batched (its tangents or cotangents carry a leading batch axis);
+- the check `check_gradients` runs on it (a kind that `chainrule._tools.check` maps to one
+  routine).
+
+`Component.call(endpoint, inputs, **request)` runs any row. The server's routes, request
+checks and OpenAPI models, the remote client, `/schema` and `check_gradients` all read the
+rows. Adding an endpoint is one row here plus the backends that implement it natively (or an
+author's function); the rules that derive one endpoint from another are in `rules`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal
 
-import numpy as np
+__all__ = ["ENDPOINTS", "Endpoint", "Keyword", "Result", "Role", "derivatives"]
 
-__all__ = ["DERIVATIVES", "ENDPOINTS", "RULES", "Endpoint", "Impl", "Rule", "resolve"]
+Role = Literal["keep", "handle", "tangents", "cotangents", "wrt", "of", "weights", "scalar"]
+"""How a keyword is validated at a point (see `validate.request`): `keep` and `handle` are
+taken as they are (a handle names a residual), `tangents`/`cotangents` are arrays by input or
+output path, `wrt`/`of` select input or output paths; `weights` are an hvp's output weights,
+given as cotangents or (`scalar`) as the one scalar output `of`."""
+
+Result = Literal["outputs", "shapes", "by_output", "by_input", "jacobian"]
+"""What an endpoint answers: the outputs (an output schema instance), their shapes (one with
+`ShapeDtype` leaves), arrays by output path (`{output path: array}`), by input path, or a
+Jacobian (`{output path: {input path: array}}`)."""
+
+Check = Literal["jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp"]
 
 
-class PointLike(Protocol):
-    """What derivations need of an input point."""
-
-    values: Mapping[str, np.ndarray]
-
-    def out_shapes(self, paths: tuple[str, ...], residual: Any) -> dict[str, tuple[int, ...]]: ...
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
 
 
-ImplFn = Callable[..., Any]
+def _is_paths(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    )
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """One request keyword of an endpoint (besides `inputs`).
+
+    Arguments:
+        name: the keyword (`"tangents"`).
+        role: how the component validates it at a point.
+        annotation: its type in the OpenAPI request model.
+        required: whether a request must carry it; else it defaults to `default`.
+        check: a fast check of a value decoded from the wire, before the component sees it.
+        expected: what `check` wants, for messages (`"an object {input path: array}"`).
+    """
+
+    name: str
+    role: Role
+    annotation: Any
+    required: bool
+    check: Callable[[Any], bool]
+    expected: str
+    default: Any = None
+
+
+KEEP = Keyword("keep", "keep", bool, False, lambda v: isinstance(v, bool), "true or false", False)
+HANDLE = Keyword(
+    "handle", "handle", str | None, False,
+    lambda v: v is None or isinstance(v, str), "a handle string or null",
+)  # fmt: skip
+TANGENTS = Keyword(
+    "tangents", "tangents", dict[str, Any], True, _is_dict, "an object {input path: array}"
+)
+COTANGENTS = Keyword(
+    "cotangents", "cotangents", dict[str, Any], True, _is_dict, "an object {output path: array}"
+)
+WRT = Keyword(
+    "wrt", "wrt", list[str] | str | None, False, _is_paths, "a path, a list of paths or null"
+)
+OF = Keyword(
+    "of", "of", list[str] | str | None, False, _is_paths, "a path, a list of paths or null"
+)
+# An hvp weighs its outputs by cotangents, or names one scalar output `of` (then weight 1).
+WEIGHTS = Keyword(
+    "cotangents", "weights", dict[str, Any] | None, False,
+    lambda v: v is None or isinstance(v, dict), "an object {output path: array}",
+)  # fmt: skip
+SCALAR = Keyword(
+    "of", "scalar", str | None, False,
+    lambda v: v is None or isinstance(v, str), "one scalar output path or null",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One row of the endpoint table: its name, request keywords (besides `inputs`), result."""
+    """One row of the endpoint table.
+
+    Arguments:
+        name: the endpoint (`"vjp"`); also its route, `POST /vjp`.
+        keywords: its request keywords besides `inputs`, in the order they are validated.
+        result: what it answers (see `Result`).
+        returns: the answer in words (for documentation).
+        derivative: an author may write it (`Component.define`); the derivation rules apply.
+        batched: its tangents or cotangents, and its result, carry a leading batch axis.
+        check: what `check_gradients` compares it with (None: nothing).
+    """
 
     name: str
-    request: tuple[str, ...]
+    keywords: tuple[Keyword, ...]
+    result: Result
     returns: str
+    derivative: bool = False
+    batched: bool = False
+    check: Check | None = None
+
+    @property
+    def request(self) -> tuple[str, ...]:
+        """The names of its request keywords (besides `inputs`)."""
+        return tuple(k.name for k in self.keywords)
+
+    def answer_keys(self, request: Mapping[str, Any]) -> tuple[str, ...]:
+        """The keys of the answer to `request` over a transport (see `Result`)."""
+        if self.result == "outputs":
+            return ("outputs", "handle") if request.get("keep") else ("outputs",)
+        return ("outputs", "leaves") if self.result == "shapes" else ("result",)
 
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e
     for e in (
-        Endpoint("apply", ("keep",), "the outputs (validated output schema instance)"),
-        Endpoint("eval_shape", (), "the outputs with ShapeDtype in place of arrays"),
-        Endpoint("jvp", ("tangents", "of", "handle"), "{output path: J·t}"),
-        Endpoint("vjp", ("cotangents", "wrt", "handle"), "{input path: Jᵀ·c}"),
-        Endpoint("jacobian", ("wrt", "of", "handle"), "{output path: {input path: ∂out/∂in}}"),
-        Endpoint("batched_jvp", ("tangents", "of", "handle"), "{output path: J·t[b] on axis 0}"),
-        Endpoint("batched_vjp", ("cotangents", "wrt", "handle"), "{input path: Jᵀ·c[b] on axis 0}"),
+        Endpoint("apply", (KEEP,), "outputs", "the outputs (validated output schema instance)"),
+        Endpoint("eval_shape", (), "shapes", "the outputs with ShapeDtype in place of arrays"),
         Endpoint(
-            "hvp",
-            ("tangents", "cotangents", "of", "wrt"),
+            "jvp", (TANGENTS, OF, HANDLE), "by_output", "{output path: J·t}",
+            derivative=True, check="jvp",
+        ),
+        Endpoint(
+            "vjp", (COTANGENTS, WRT, HANDLE), "by_input", "{input path: Jᵀ·c}",
+            derivative=True, check="vjp",
+        ),
+        Endpoint(
+            "jacobian", (WRT, OF, HANDLE), "jacobian", "{output path: {input path: ∂out/∂in}}",
+            derivative=True, check="jacobian",
+        ),
+        Endpoint(
+            "batched_jvp", (TANGENTS, OF, HANDLE), "by_output",
+            "{output path: J·t[b] on axis 0}", derivative=True, batched=True,
+            check="batched_jvp",
+        ),
+        Endpoint(
+            "batched_vjp", (COTANGENTS, WRT, HANDLE), "by_input",
+            "{input path: Jᵀ·c[b] on axis 0}", derivative=True, batched=True,
+            check="batched_vjp",
+        ),
+        Endpoint(
+            "hvp", (TANGENTS, WEIGHTS, SCALAR, WRT), "by_input",
             "{input path: H·t}, H the Hessian of Σ⟨cotangents, outputs⟩ (or of the scalar `of`)",
+            derivative=True, check="hvp",
         ),
     )
-}
-DERIVATIVES = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
+}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Impl:
-    """An endpoint implementation and where it came from (shown by `/schema` and reports)."""
-
-    fn: ImplFn
-    provenance: str
-    cost: float
-
-
-@dataclass(frozen=True)
-class Rule:
-    """`target` can be computed from `source` at `cost` (added to the source's cost)."""
-
-    target: str
-    source: str
-    cost: float
-    build: Callable[[ImplFn], ImplFn]
-
-
-def _tensordot(a: np.ndarray, b: np.ndarray, axes: int) -> np.ndarray:
-    return np.tensordot(a, b, axes=axes) if axes else np.multiply.outer(a, b)
-
-
-def _jvp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def jvp(p: PointLike, res: Any, tangents: dict[str, np.ndarray], of: tuple[str, ...]) -> Any:
-        jac = jacobian(p, res, wrt=tuple(tangents), of=of)
-        out = {}
-        for o in of:
-            terms = [_contract_in(jac[o][w], t) for w, t in tangents.items()]
-            out[o] = sum(terms[1:], terms[0]) if terms else None
-        return out
-
-    return jvp
-
-
-def _contract_in(jac: np.ndarray, t: np.ndarray) -> np.ndarray:
-    # jac has shape out.shape + in.shape; contract the trailing in-dims with the tangent.
-    return np.tensordot(jac, t, axes=t.ndim) if t.ndim else jac * t
-
-
-def _vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def vjp(p: PointLike, res: Any, cotangents: dict[str, np.ndarray], wrt: tuple[str, ...]) -> Any:
-        jac = jacobian(p, res, wrt=wrt, of=tuple(cotangents))
-        out = {}
-        for w in wrt:
-            acc = np.zeros(np.shape(p.values[w]), dtype=np.result_type(p.values[w], np.float32))
-            for o, c in cotangents.items():
-                acc = acc + (np.tensordot(c, jac[o][w], axes=c.ndim) if c.ndim else c * jac[o][w])
-            out[w] = acc
-        return out
-
-    return vjp
-
-
-def _batched_jvp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def batched_jvp(
-        p: PointLike, res: Any, tangents: dict[str, np.ndarray], of: tuple[str, ...]
-    ) -> Any:
-        jac = jacobian(p, res, wrt=tuple(tangents), of=of)  # one Jacobian for every tangent
-        size = len(next(iter(tangents.values()))) if tangents else 0
-        if size == 0:
-            return _empty_batch(p, res, "tangents", {"of": of})
-        return {
-            o: np.stack(
-                [
-                    sum(_contract_in(jac[o][w], t[b]) for w, t in tangents.items())
-                    for b in range(size)
-                ]
-            )
-            for o in of
-        }
-
-    return batched_jvp
-
-
-def _batched_vjp_from_jacobian(jacobian: ImplFn) -> ImplFn:
-    def batched_vjp(
-        p: PointLike, res: Any, cotangents: dict[str, np.ndarray], wrt: tuple[str, ...]
-    ) -> Any:
-        jac = jacobian(p, res, wrt=wrt, of=tuple(cotangents))  # one Jacobian for every row
-        once = lambda *a, **k: jac  # noqa: E731
-        size = len(next(iter(cotangents.values()))) if cotangents else 0
-        if size == 0:
-            return _empty_batch(p, res, "cotangents", {"wrt": wrt})
-        rows = [
-            _vjp_from_jacobian(once)(p, res, {o: c[b] for o, c in cotangents.items()}, wrt)
-            for b in range(size)
-        ]
-        return {w: np.stack([r[w] for r in rows]) for w in wrt}
-
-    return batched_vjp
-
-
-def _blocks(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, dict[str, slice]]:
-    """Stack one identity block per leaf along a batch axis: total size and each slice."""
-    total, slices = 0, {}
-    for path, shape in shapes.items():
-        n = math.prod(shape)
-        slices[path] = slice(total, total + n)
-        total += n
-    return total, slices
-
-
-def _basis(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, Any]) -> dict[str, Any]:
-    total, slices = _blocks(shapes)
-    basis = {}
-    for path, shape in shapes.items():
-        b = np.zeros((total, math.prod(shape)), dtype=dtypes[path])
-        b[slices[path]] = np.eye(math.prod(shape), dtype=dtypes[path])
-        basis[path] = b.reshape((total, *shape))
-    return basis
-
-
-def _jacobian_from_batched_vjp(batched_vjp: ImplFn) -> ImplFn:
-    # One batched request answers every output row: jacrev of a remote component is one call.
-    def jacobian(p: PointLike, res: Any, wrt: tuple[str, ...], of: tuple[str, ...]) -> Any:
-        shapes = p.out_shapes(of, res)
-        dtypes = {o: np.float64 for o in of}
-        rows = batched_vjp(p, res, cotangents=_basis(shapes, dtypes), wrt=wrt)
-        _, slices = _blocks(shapes)
-        return {
-            o: {w: rows[w][slices[o]].reshape(shapes[o] + np.shape(p.values[w])) for w in wrt}
-            for o in of
-        }
-
-    return jacobian
-
-
-def _jacobian_from_batched_jvp(batched_jvp: ImplFn) -> ImplFn:
-    def jacobian(p: PointLike, res: Any, wrt: tuple[str, ...], of: tuple[str, ...]) -> Any:
-        shapes = {w: np.shape(p.values[w]) for w in wrt}
-        dtypes = {w: p.values[w].dtype for w in wrt}
-        cols = batched_jvp(p, res, tangents=_basis(shapes, dtypes), of=of)
-        _, slices = _blocks(shapes)
-        jac: dict[str, dict[str, np.ndarray]] = {}
-        for o in of:
-            col = np.asarray(cols[o])
-            jac[o] = {
-                w: np.moveaxis(col[slices[w]], 0, -1).reshape(col.shape[1:] + shapes[w])
-                for w in wrt
-            }
-        return jac
-
-    return jacobian
-
-
-def _batched_from_single(single: ImplFn, key: str) -> ImplFn:
-    def batched(p: PointLike, res: Any, **request: Any) -> Any:
-        stacked = request.pop(key)
-        size = len(next(iter(stacked.values()))) if stacked else 0
-        if size == 0:
-            return _empty_batch(p, res, key, request)
-        results = [
-            single(p, res, **{key: {k: v[b] for k, v in stacked.items()}}, **request)
-            for b in range(size)
-        ]
-        return {k: np.stack([np.asarray(r[k]) for r in results]) for k in results[0]}
-
-    return batched
-
-
-def _empty_batch(p: PointLike, res: Any, key: str, request: Mapping[str, Any]) -> Any:
-    """The answer to a batch of no rows, from shapes alone: there is no row to ask the source
-    endpoint about. Reached when a derived Jacobian has no rows or columns (an empty input or
-    output), whose basis is a batch of 0: `{input path: (0, *shape)}` for cotangents (a
-    batched vjp), `{output path: (0, *shape)}` for tangents (a batched jvp)."""
-    if key == "cotangents":
-        values = {w: np.asarray(p.values[w]) for w in request["wrt"]}
-        return {
-            w: np.zeros((0, *v.shape), np.result_type(v, np.float32)) for w, v in values.items()
-        }
-    shapes = p.out_shapes(tuple(request["of"]), res)
-    return {o: np.zeros((0, *shape)) for o, shape in shapes.items()}
-
-
-def _single_from_batched(batched: ImplFn, key: str) -> ImplFn:
-    def single(p: PointLike, res: Any, **request: Any) -> Any:
-        one = {k: np.asarray(v)[None] for k, v in request.pop(key).items()}
-        return {k: np.asarray(v)[0] for k, v in batched(p, res, **{key: one}, **request).items()}
-
-    return single
-
-
-RULES: tuple[Rule, ...] = (
-    Rule("jvp", "jacobian", 1.0, _jvp_from_jacobian),
-    Rule("vjp", "jacobian", 1.0, _vjp_from_jacobian),
-    Rule("jacobian", "batched_vjp", 1.0, _jacobian_from_batched_vjp),
-    Rule("jacobian", "batched_jvp", 1.1, _jacobian_from_batched_jvp),
-    Rule("batched_jvp", "jacobian", 1.0, _batched_jvp_from_jacobian),
-    Rule("batched_vjp", "jacobian", 1.0, _batched_vjp_from_jacobian),
-    Rule("batched_jvp", "jvp", 0.5, lambda f: _batched_from_single(f, "tangents")),
-    Rule("batched_vjp", "vjp", 0.5, lambda f: _batched_from_single(f, "cotangents")),
-    Rule("jvp", "batched_jvp", 0.1, lambda f: _single_from_batched(f, "tangents")),
-    Rule("vjp", "batched_vjp", 0.1, lambda f: _single_from_batched(f, "cotangents")),
-)
-
-
-def resolve(sources: Mapping[str, Impl]) -> dict[str, Impl]:
-    """The cheapest implementation of every endpoint reachable from `sources`.
-
-    Costs are small numbers (written 0, AD 1, finite differences 10) plus each rule's cost, so
-    an author's vjp is preferred to a backend's, and anything exact to finite differences.
-    """
-    best = dict(sources)
-    changed = True
-    while changed:
-        changed = False
-        for rule in RULES:
-            src = best.get(rule.source)
-            if src is None:
-                continue
-            cost = src.cost + rule.cost
-            current = best.get(rule.target)
-            if current is None or cost < current.cost - 1e-9:
-                origin = src.provenance.split(" <- ")[-1]
-                note = f"derived: {rule.target} <- {rule.source} <- {origin}"
-                if "derived" in src.provenance:
-                    note = f"derived: {rule.target} <- {src.provenance.removeprefix('derived: ')}"
-                best[rule.target] = Impl(rule.build(src.fn), note, cost)
-                changed = True
-    return _jacobian_by_size(best)
-
-
-def _jacobian_by_size(best: dict[str, Impl]) -> dict[str, Impl]:
-    """A derived Jacobian takes rows (batched vjp) or columns (batched jvp), whichever are fewer.
-
-    The cost table cannot know sizes; when both batched forms exist, decide per call.
-    """
-    jac = best.get("jacobian")
-    if jac is None or not jac.provenance.startswith("derived: jacobian <- batched_vjp"):
-        return best
-    if "batched_jvp" not in best or "jacobian" in best["batched_jvp"].provenance:
-        return best  # columns would come from the Jacobian itself: no alternative
-    by_rows, by_cols = jac.fn, _jacobian_from_batched_jvp(best["batched_jvp"].fn)
-
-    def jacobian(p: PointLike, res: Any, wrt: tuple[str, ...], of: tuple[str, ...]) -> Any:
-        n_in = sum(int(np.size(p.values[w])) for w in wrt)
-        n_out = sum(math.prod(s) for s in p.out_shapes(of, res).values())
-        return (by_cols if n_in < n_out else by_rows)(p, res, wrt=wrt, of=of)
-
-    note = jac.provenance + " (or <- batched_jvp when inputs are fewer)"
-    return {**best, "jacobian": Impl(jacobian, note, jac.cost)}
+def derivatives() -> tuple[str, ...]:
+    """The derivative endpoints, in table order (read afresh: a test may add a row)."""
+    return tuple(name for name, row in ENDPOINTS.items() if row.derivative)

@@ -9,14 +9,14 @@ that is not checked, such as an in-process JAX component traced inline: use JAX'
 `jax_debug_nans` there) and is reported as such, before the component runs.
 
 Turn it on with `chainrule.check_finite()` (also a context manager), or for a whole process,
-including servers, with the environment variable `CHAINRULE_CHECK_FINITE=1`. A remote
+including servers, with the environment variable `CHAINRULE_CHECK_FINITE=1` (read once, at
+the edge: when `chainrule` is imported). A remote
 component's client asks its server to check too (a request header), so the error names the
 component inside the server where the value first appeared.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 from types import TracebackType
@@ -30,7 +30,7 @@ __all__ = ["active", "check_finite", "check_values", "scoped"]
 
 HEADER = "X-Chainrule-Check-Finite"
 
-_STATE = {"on": os.environ.get("CHAINRULE_CHECK_FINITE", "") not in ("", "0")}
+_STATE = {"on": False}  # process-wide; `chainrule/__init__.py` sets it from the environment
 _LOCAL = threading.local()  # a server's per-request override, in the worker thread running it
 
 

@@ -1,14 +1,14 @@
 """Points: validated inputs of one component call, their array leaves by path.
 
-A `Point` talks to its component only through `name`, `cheap_shapes` and `apply_point` (see
-`chainrule._component.component`), so this module imports no component: backends, which
-receive points, and the component, which makes them, both import it.
+A `Point` asks its component only for its `name`, `known_shapes` and `apply_at` (the
+`Owner` protocol), so this module imports no component: the backends, which receive points,
+and the component, which makes them, both import it.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chainrule._schema import tree as _tree
 from chainrule._schema.errors import ValidationError
@@ -18,16 +18,29 @@ from chainrule._schema.schema import ArraySpec, Schema, ShapeDtype
 from .residuals import Residual, fingerprint
 
 if TYPE_CHECKING:
-    from .component import Component
+    from .residuals import Handle
 
-__all__ = ["Point", "shape_leaves"]
+
+class Owner(Protocol):
+    """What a point needs of its component."""
+
+    name: str
+
+    def known_shapes(self, p: Point) -> Schema | None: ...
+
+    def apply_at(
+        self, p: Point, keep: bool = False, fingerprint: bytes | None = None
+    ) -> tuple[Schema, Handle | None]: ...
+
+
+__all__ = ["Owner", "Point", "shape_leaves"]
 
 
 class Point:
     """A validated input point: the inputs instance and its array leaves by path."""
 
     def __init__(
-        self, component: Component, inputs: Schema, dims: dict[str, int] | None = None
+        self, component: Owner, inputs: Schema, dims: dict[str, int] | None = None
     ) -> None:
         """`dims`: the named dimensions, when the caller knows them already (a framework
         binding, whose call site fixes every shape); else bound (and checked) here."""
@@ -48,7 +61,7 @@ class Point:
         return _tree.signature(self.inputs)
 
     def fingerprint(self) -> bytes | None:
-        """The fingerprint of the point's values now (see `chainrule._residuals.fingerprint`).
+        """The fingerprint of the point's values now (see `residuals.fingerprint`).
 
         Computed afresh on each call, not cached: a Point can outlive a call while the
         caller changes its arrays in place.
@@ -63,9 +76,9 @@ class Point:
             return dict(residual.outputs)
         outputs = self.outputs if residual is None else None
         if outputs is None:
-            outputs = self.component._cheap_shapes(self)
+            outputs = self.component.known_shapes(self)
         if outputs is None and run:
-            outputs = self.outputs = self.component._apply_point(self, keep=False)[0]
+            outputs = self.outputs = self.component.apply_at(self)[0]
         return None if outputs is None else {x.path: x for x in _tree.leaves(outputs)}
 
     def out_shapes(self, paths: tuple[str, ...], residual: Any) -> dict[str, tuple[int, ...]]:

@@ -194,7 +194,7 @@ class ArraySpec:
 
     def check_shape(self, shape: tuple[int, ...], value: Any) -> None:
         """Raise unless `shape` fits this spec (fixed dims, rank, repeated names)."""
-        if not _shape_matches(self.shape, shape):
+        if not shape_matches(self.shape, shape):
             raise PydanticCustomError(
                 "chainrule_shape",
                 "expected {expected}, got {got}",
@@ -238,7 +238,7 @@ def _align(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> list[tuple[Dim, 
     return pairs + list(zip(tail, shape[len(shape) - len(tail) :], strict=False))
 
 
-def _shape_matches(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
+def shape_matches(pattern: tuple[Dim, ...], shape: tuple[int, ...]) -> bool:
     if Ellipsis not in pattern:  # the common case, checked without building pairs
         if len(pattern) != len(shape):
             return False

@@ -8,7 +8,8 @@ direction u (error O(h⁴)), so checks cost a handful of `apply` calls whatever 
   batched_*    each batch row      vs  its FD reference
   dot product  ⟨v, J·u⟩ (jvp)      vs  ⟨Jᵀ·v, u⟩ (vjp): no FD involved
   hvp          H·u, H of ⟨v, y⟩    vs  FD of the vjp gradient Jᵀ·v along u
-at the given point and at random perturbations of it.
+at the given point and at random perturbations of it. Which comparison an endpoint gets is
+its row's `check` kind in the endpoint table; `_ROUTINES` maps each kind to its routine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from chainrule._component.component import Component, Point
+from chainrule._component.component import Component
+from chainrule._component.endpoints import ENDPOINTS
+from chainrule._component.point import Point
 from chainrule._schema.errors import ChainruleError, EndpointUnavailableError
 from chainrule._schema.tree import leaves, replace_leaves
 
@@ -168,70 +171,82 @@ def _contract(jac: Mapping[str, Mapping[str, np.ndarray]], u: Arrays) -> Arrays:
     return out
 
 
-def _check_point(
-    c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: tuple[str, ...], offered: set[str]
-) -> None:
-    comp = c.comp
+@dataclass(frozen=True)
+class _At:
+    """One checked point: its random directions u (inputs) and v (outputs), and the
+    finite-difference references of the outputs along u."""
+
+    p: Point
+    k: int
+    wrt: tuple[str, ...]
+    of: tuple[str, ...]
+    u: Arrays
+    u2: Arrays
+    v: Arrays
+    v2: Arrays
+    fd: Arrays
+    fd2: Arrays
+
+
+def _at(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], of: tuple[str, ...]) -> _At:
     u = c.random_like({w: p.values[w] for w in wrt})
     u2 = c.random_like(u)
     base = c.outputs(p, {}, of)
     v, v2 = c.random_like(base), c.random_like(base)
     fd, fd2 = c.directional(p, u, of), c.directional(p, u2, of)
-    if "jvp" in offered:
-        c.guarded("jvp", k, lambda: c.compare("jvp", k, comp.jvp(p, u, of=of), fd))
-    if "vjp" in offered:
-        c.guarded(
-            "vjp", k, lambda: c.compare("vjp", k, _dot(comp.vjp(p, v, wrt=wrt), u), _dot(v, fd))
-        )
-    if {"jvp", "vjp"} <= offered:
-        c.guarded(
-            "dot product",
-            k,
-            lambda: c.compare(
-                "dot product", k, _dot(v, comp.jvp(p, u, of=of)), _dot(comp.vjp(p, v, wrt=wrt), u)
-            ),
-        )
-    if "jacobian" in offered:
-        c.guarded(
-            "jacobian",
-            k,
-            lambda: c.compare("jacobian", k, _contract(comp.jacobian(p, wrt=wrt, of=of), u), fd),
-        )
-    if "batched_jvp" in offered:
-
-        def batched_jvp() -> None:
-            got = comp.batched_jvp(p, {w: np.stack([u[w], u2[w]]) for w in wrt}, of=of)
-            c.compare(
-                "batched_jvp",
-                k,
-                {o: got[o] for o in of},
-                {o: np.stack([fd[o], fd2[o]]) for o in of},
-            )
-
-        c.guarded("batched_jvp", k, batched_jvp)
-    if "batched_vjp" in offered:
-
-        def batched_vjp() -> None:
-            got = comp.batched_vjp(p, {o: np.stack([v[o], v2[o]]) for o in of}, wrt=wrt)
-            rows = [_dot({w: got[w][b] for w in wrt}, u) for b in range(2)]
-            wants = [_dot(vb, fd) for vb in (v, v2)]
-            # one row: both batch entries compared at once, as ⟨Jᵀ·v_b, u⟩ vs ⟨v_b, FD(u)⟩
-            c.compare("batched_vjp", k, {"b": np.array(rows)}, {"b": np.array(wants)})
-
-        c.guarded("batched_vjp", k, batched_vjp)
-    if "hvp" in offered:
-        c.guarded("hvp", k, lambda: _check_hvp(c, p, k, wrt, v, u))
+    return _At(p, k, wrt, of, u, u2, v, v2, fd, fd2)
 
 
-def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], v: Arrays, u: Arrays) -> None:
+def _jvp(c: _Checker, at: _At, name: str) -> None:
+    """J·u vs FD along u."""
+    c.compare(name, at.k, c.comp.call(name, at.p, tangents=at.u, of=at.of), at.fd)
+
+
+def _vjp(c: _Checker, at: _At, name: str) -> None:
+    """⟨Jᵀ·v, u⟩ vs ⟨v, FD along u⟩."""
+    got = c.comp.call(name, at.p, cotangents=at.v, wrt=at.wrt)
+    c.compare(name, at.k, _dot(got, at.u), _dot(at.v, at.fd))
+
+
+def _dot_product(c: _Checker, at: _At, name: str) -> None:
+    """⟨v, J·u⟩ (jvp) vs ⟨Jᵀ·v, u⟩ (vjp): no finite differences involved."""
+    jvp = c.comp.call("jvp", at.p, tangents=at.u, of=at.of)
+    vjp = c.comp.call("vjp", at.p, cotangents=at.v, wrt=at.wrt)
+    c.compare(name, at.k, _dot(at.v, jvp), _dot(vjp, at.u))
+
+
+def _jacobian(c: _Checker, at: _At, name: str) -> None:
+    """J contracted with u vs FD along u."""
+    jac = c.comp.call(name, at.p, wrt=at.wrt, of=at.of)
+    c.compare(name, at.k, _contract(jac, at.u), at.fd)
+
+
+def _batched_jvp(c: _Checker, at: _At, name: str) -> None:
+    """Each row of a batch of two tangents vs its FD reference."""
+    tangents = {w: np.stack([at.u[w], at.u2[w]]) for w in at.wrt}
+    got = c.comp.call(name, at.p, tangents=tangents, of=at.of)
+    want = {o: np.stack([at.fd[o], at.fd2[o]]) for o in at.of}
+    c.compare(name, at.k, {o: got[o] for o in at.of}, want)
+
+
+def _batched_vjp(c: _Checker, at: _At, name: str) -> None:
+    """Both rows of a batch of two cotangents at once, as ⟨Jᵀ·v_b, u⟩ vs ⟨v_b, FD(u)⟩."""
+    cotangents = {o: np.stack([at.v[o], at.v2[o]]) for o in at.of}
+    got = c.comp.call(name, at.p, cotangents=cotangents, wrt=at.wrt)
+    rows = [_dot({w: got[w][b] for w in at.wrt}, at.u) for b in range(2)]
+    wants = [_dot(vb, at.fd) for vb in (at.v, at.v2)]
+    c.compare(name, at.k, {"b": np.array(rows)}, {"b": np.array(wants)})
+
+
+def _hvp(c: _Checker, at: _At, name: str) -> None:
     """H·u, H the Hessian of ⟨v, outputs⟩, vs the FD of the vjp gradient Jᵀ·v along u."""
-    comp = c.comp
+    p, u, wrt = at.p, at.u, at.wrt
     scale = max([1.0, *(float(np.max(np.abs(p.values[w]), initial=0)) for w in u)])
     h = 1e-3 * scale / max(_norm(u), 1e-300)
 
     def grad_at(step: float) -> Arrays:
         point = replace_leaves(p.inputs, {w: p.values[w] + step * u[w] for w in u})
-        return comp.vjp(point, v, wrt=wrt)
+        return c.comp.vjp(point, at.v, wrt=wrt)
 
     def central(step: float) -> Arrays:
         return {
@@ -241,16 +256,41 @@ def _check_hvp(c: _Checker, p: Point, k: int, wrt: tuple[str, ...], v: Arrays, u
 
     coarse, fine = central(h), central(h / 2)
     want = {w: (4 * fine[w] - coarse[w]) / 3 for w in wrt}
-    c.compare("hvp", k, comp.hvp(p, u, cotangents=v, wrt=wrt), want)
+    c.compare(name, at.k, c.comp.call(name, p, tangents=u, cotangents=at.v, wrt=wrt), want)
 
 
-def _perturbed(p: Point, wrt: tuple[str, ...], rng: np.random.Generator, size: float) -> Point:
+# What each row's `check` kind compares (`chainrule._component.endpoints.Endpoint.check`).
+_ROUTINES: dict[str, Callable[[_Checker, _At, str], None]] = {
+    "jvp": _jvp,
+    "vjp": _vjp,
+    "jacobian": _jacobian,
+    "batched_jvp": _batched_jvp,
+    "batched_vjp": _batched_vjp,
+    "hvp": _hvp,
+}
+
+
+def _check_point(c: _Checker, at: _At, offered: set[str]) -> None:
+    """Every offered endpoint's check at one point, in table order (the dot product test
+    after the vjp, when jvp and vjp are both offered)."""
+    for name, row in ENDPOINTS.items():
+        if row.check is None or name not in offered:
+            continue
+        routine = _ROUTINES[row.check]
+        c.guarded(name, at.k, lambda: routine(c, at, name))  # noqa: B023 (called at once)
+        if name == "vjp" and "jvp" in offered:
+            c.guarded("dot product", at.k, lambda: _dot_product(c, at, "dot product"))
+
+
+def _perturbed(
+    comp: Component, p: Point, wrt: tuple[str, ...], rng: np.random.Generator, size: float
+) -> Point:
     new = {}
     for w in wrt:
         x = p.values[w]
         noise = rng.standard_normal(x.shape) * size * (np.abs(x) + 1e-2)
         new[w] = (x + noise).astype(x.dtype)
-    return p.component.point(replace_leaves(p.inputs, new))
+    return comp.point(replace_leaves(p.inputs, new))
 
 
 def check_gradients(
@@ -288,22 +328,15 @@ def check_gradients(
         ```
     """
     p = component.point(inputs)
-    wrt_paths = component._wrt(p, wrt)
-    of_paths = component._of(p, of, None)
+    wrt_paths, of_paths = component.paths(p, wrt=wrt, of=of)
     if rtol is None:
         low = any(p.values[w].dtype.itemsize < 8 for w in wrt_paths)
         rtol = 1e-2 if low else 1e-6
-    offered = set(endpoints or component.endpoints) & {
-        "jvp",
-        "vjp",
-        "jacobian",
-        "batched_jvp",
-        "batched_vjp",
-        "hvp",
-    }
+    checked = {name for name, row in ENDPOINTS.items() if row.check is not None}
+    offered = set(endpoints or component.endpoints) & checked
     rng = np.random.default_rng(seed)
     checker = _Checker(component, rtol, atol, rng)
-    points = [p] + [_perturbed(p, wrt_paths, rng, perturbation) for _ in range(n_random)]
+    points = [p] + [_perturbed(component, p, wrt_paths, rng, perturbation) for _ in range(n_random)]
     for k, point in enumerate(points):
-        _check_point(checker, point, k, wrt_paths, of_paths, offered)
+        _check_point(checker, _at(checker, point, k, wrt_paths, of_paths), offered)
     return checker.report

@@ -77,10 +77,7 @@ Sources = frozenset[str]  # the graph nodes a value depends on
 
 def _where(component: Component) -> tuple[str, str]:
     """(backend, where it runs) of a component called through a chainrule primitive."""
-    backend = component.backend.name
-    if backend == "remote":
-        return backend, str(getattr(component, "url", "remote"))  # set by chainrule.connect
-    return backend, "in-process"
+    return component.backend.name, component.backend.where
 
 
 class _Walker:

@@ -19,18 +19,19 @@ over anything else loops inside one host callback. A batch of size 0 calls nothi
 
 The host callbacks are emitted with JAX's internal emitter, which hands the host the numpy
 views XLA already has (`jax.pure_callback` would first put every argument on a device as a
-`jax.Array`, ~50-100 µs each); a JAX without that emitter, or the environment variable
-`CHAINRULE_JAX_PURE_CALLBACK=1`, falls back to `jax.pure_callback`.
+`jax.Array`, ~50-100 µs each); a JAX without that emitter falls back to `jax.pure_callback`,
+as does every host callback when the binding is configured so (`primitives.configure`:
+`chainrule.jax` reads `CHAINRULE_JAX_PURE_CALLBACK=1` from the environment when imported).
 
 The primitives and their host functions live in `primitives`, their derivative and vmap
-rules in `rules` (second order in `curvature`); this module builds the static spec
-of a call site and binds `call_p` (or traces an in-process JAX component inline).
+rules in `rules` (second order in `curvature`), the private JAX APIs they use in `compat`;
+this module builds the static spec of a call site, kept by its component
+(`Component.cache`), and binds `call_p` (or traces an in-process JAX component inline).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from chainrule._component import carried
-from chainrule._component.backends.jax import JaxBackend, check_x64, needs_x64, output_value
-from chainrule._component.component import Component, _bound, _static_leaves
+from chainrule._component.backends.jax import check_x64, needs_x64, output_value
+from chainrule._component.component import Component
+from chainrule._component.shapes import bound, static_leaves
 from chainrule._schema.errors import (
     EndpointUnavailableError,
     NotDifferentiableError,
@@ -58,21 +60,30 @@ from chainrule._schema.tree import (
     static_values,
 )
 
+from . import compat
 from . import curvature as _jax_curvature  # noqa: F401  (register the rules with JAX)
+from . import rules as _jax_rules  # noqa: F401
 from .primitives import _Spec
 from .primitives import call_p as call_p  # re-exported: chainrule.plot inspects jaxprs
 from .primitives import hvp_p as hvp_p
 from .primitives import jvp_p as jvp_p
 from .primitives import vjp_p as vjp_p
 
-__all__ = ["call", "errors", "original_error"]
+__all__ = ["call", "errors", "original_error", "sites"]
 
 
 # ---- the static description of one call site -----------------------------------------------
 
 
-_SPECS: OrderedDict[Any, _Spec] = OrderedDict()
-_SHAPES: dict[Any, Schema] = {}
+# A component keeps its call sites (and the output shapes learnt for them) in caches of its
+# own (`Component.cache`), keyed by the static signature: bounded, and gone with it.
+_SITES = "chainrule.jax call sites"
+_SHAPES = "chainrule.jax output shapes"
+
+
+def sites(component: Component) -> list[_Spec]:
+    """The call sites of `component` this binding remembers (most recently used last)."""
+    return list(component.cache(_SITES).values())
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,12 @@ class _Outs:
 def _declared(component: Component, template: Schema) -> _Outs | None:
     """The output leaves fixed by the output schema (fixed sizes, named dimensions the inputs
     bind), or None when some output shape is left to the code."""
-    static = _static_leaves(component.outputs)
+    static = static_leaves(component.outputs)
     if static is None:
         return None
     fail = lambda message, errors: ValidationError(message, errors=errors)  # noqa: E731
     dims = bind_dims([leaves(template)], fail)
-    shapes = [_bound(spec.shape, dims) for _, spec in static]
+    shapes = [bound(spec.shape, dims) for _, spec in static]
     if not all(type(d) is int for shape in shapes for d in shape):
         return None
     flat = flat_fields(component.outputs)
@@ -127,9 +138,9 @@ def _output_shapes(component: Component, template: Schema, concrete: dict[str, A
     """The outputs of a call: from the declaration when it fixes every output (no call),
     else from eval_shape, else from apply on concrete inputs; under jit without eval_shape,
     the declared array leaves with the static output values left unknown."""
-    key = (id(component), signature(template))
-    if key in _SHAPES:
-        return _Outs.of(_SHAPES[key])
+    known = component.cache(_SHAPES).get(signature(template))
+    if known is not None:
+        return _Outs.of(known)
     declared = _declared(component, template)
     if declared is not None and declared.complete:
         return declared
@@ -150,13 +161,14 @@ def _output_shapes(component: Component, template: Schema, concrete: dict[str, A
         shapes = replace_leaves(
             out, {x.path: ShapeDtype(x.value.shape, x.value.dtype) for x in leaves(out)}
         )
-    _SHAPES[key] = shapes
+    component.cache(_SHAPES).put(signature(template), shapes)
     return _Outs.of(shapes)
 
 
 def _spec(component: Component, template: Schema, concrete: dict[str, Any]) -> _Spec:
-    key = (id(component), signature(template))
-    spec = _SPECS.get(key)
+    found = component.cache(_SITES)
+    key = signature(template)
+    spec = found.get(key)
     if spec is None:
         outs = _output_shapes(component, template, concrete)
         ins = leaves(template)
@@ -169,12 +181,10 @@ def _spec(component: Component, template: Schema, concrete: dict[str, Any]) -> _
             outs.paths,
             outs.avals,
             outs.diff,
-            key,
+            (component, key),
         )
         if outs.complete:  # else a later call with values may learn the static outputs
-            _SPECS[key] = spec
-            while len(_SPECS) > 1024:
-                _SPECS.popitem(last=False)
+            found.put(key, spec)
     return spec
 
 
@@ -213,9 +223,7 @@ def _concrete(x: Any) -> np.ndarray | None:
     """The value of `x` if it is known now (not under jit), else None."""
     if not isinstance(x, jax.core.Tracer):
         return np.asarray(x)
-    from jax._src import core  # no public spelling yet; used only to learn shapes early
-
-    value = core.to_concrete_value(x)
+    value = compat.concrete_value(x)  # used only to learn shapes early
     return None if value is None else np.asarray(value)
 
 
@@ -273,9 +281,7 @@ def _inline(component: Component, instance: Schema) -> dict[str, Any]:
         }
         with passthrough():
             raw = component.fn(replace_leaves(instance, guarded))
-        from chainrule._component.backends.base import as_outputs
-
-        out = as_outputs(raw, component.outputs, component.name)
+        out = component.traced_outputs(raw)
         result: dict[str, Any] = {}
         for x in leaves(out):
             check_x64(component.name, "output", x.path, x.spec.dtype, str(x.spec))
@@ -306,12 +312,6 @@ def _no_tangent(value: Any, path: str, name: str) -> Any:
     return guard(value) if jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating) else value
 
 
-def _native_jax(component: Component) -> bool:
-    # Inline only when JAX's own derivatives are the component's: an author's written
-    # derivative endpoint must be honoured, so that component goes through the primitive.
-    return isinstance(component.backend, JaxBackend) and not component._written
-
-
 def call(component: Component, inputs: Any) -> dict[str, Any]:
     """Call `component` from JAX code; differentiable under jit, grad, jvp, vmap, scan, ...
 
@@ -332,7 +332,9 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
         ```
     """
     instance, values = _prepare(component, inputs)
-    if _native_jax(component):
+    # Inline only when JAX's own derivatives are the component's (`Component.inline`): an
+    # author's written derivative must be honoured, so that component goes through call_p.
+    if component.inline("jax"):
         return _inline(component, instance)
     known = {x.path: _concrete(x.value) for x in leaves(instance)}
     concrete = {k: v for k, v in known.items() if v is not None}
@@ -343,7 +345,7 @@ def call(component: Component, inputs: Any) -> dict[str, Any]:
     spec = _spec(component, template, concrete)
     for path, aval in zip(spec.out_paths, spec.out_avals, strict=True):
         if needs_x64(aval.dtype):
-            declared = dict(_static_leaves(component.outputs) or ()).get(path)
+            declared = dict(static_leaves(component.outputs) or ()).get(path)
             shown = str(declared) if declared is not None else aval.str_short()
             check_x64(component.name, "output", path, aval.dtype, shown)
     outs = call_p.bind(*values, spec=spec, keep=False, levels=(), sizes=())

@@ -4,17 +4,17 @@
 `call_p` equation; its derivatives are `jvp_p`, `vjp_p` and `hvp_p` equations (see the
 `chainrule.jax` docstring for what each computes). This module holds what those primitives
 are made of: the static `_Spec` of a call site (their `spec` parameter), the tokens naming a
-kept linearization, the host functions run on concrete numpy arrays through
-`jax.pure_callback`, the loop over batching levels, and the store of component errors that
-cannot cross XLA. Their differentiation and vmap rules live in `rules`; `chainrule.jax`
+kept linearization, the host functions run on concrete numpy arrays, and how they are
+emitted (JAX's own emitter, `compat`, or `jax.pure_callback`). The host functions run the
+component through its interface for bindings (`Component.at`, `apply_at`, `run` and the
+backend's per-site `lane`); a component error raised there is carried across XLA by
+`chainrule._component.carried`. Their differentiation and vmap rules live in `rules`; `call`
 builds the specs and binds `call_p`.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import mlir
 
+from chainrule._bindings.levels import run_levels
 from chainrule._component import finite as _finite
+from chainrule._component.backends.base import Lane
 from chainrule._component.carried import carry
-from chainrule._component.component import Component, Point
+from chainrule._component.component import Component
+from chainrule._component.point import Point
 from chainrule._component.residuals import Handle, Residual, digest, layout
 from chainrule._schema.schema import Schema
 from chainrule._schema.tree import leaves, replace_leaves
+
+from . import compat
 
 Prim = jax_extend.core.Primitive
 
@@ -91,19 +96,12 @@ class _Spec:
     @functools.cached_property
     def dims(self) -> dict[str, int]:
         """The named dimensions its shapes bind (the same for every call at this site)."""
-        return Point(self.component, self.template).dims
+        return self.component.at(self.template).dims
 
     @functools.cached_property
-    def lane(self) -> Any:
-        """The component backend's host lane for this call site (torch only), or None."""
-        comp = self.component
-        if comp.backend.name != "torch":
-            return None
-        from chainrule._component.backends.torch import HostLane
-
-        if not HostLane.usable(comp, self.in_paths, self.out_paths):
-            return None
-        return HostLane(comp, self.in_paths, self.out_paths)
+    def lane(self) -> Lane | None:
+        """The backend's plan for this call site (its `Lane`), if it declares one."""
+        return self.component.lane(self.in_paths, self.out_paths)
 
 
 def _leaf(instance: Schema, path: str) -> Any:
@@ -139,7 +137,7 @@ def _residual(spec: _Spec, token: Any, arrays: Sequence[np.ndarray]) -> Residual
 
 def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
     # JAX fixed the shapes to the spec's: its named dimensions need no binding again.
-    return Point(spec.component, spec.inputs(arrays), spec.dims)
+    return spec.component.at(spec.inputs(arrays), spec.dims)
 
 
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -155,7 +153,7 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
         return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
     p = _point(spec, arrays)
-    out, handle = spec.component._apply_kept(p, keep, spec.fingerprint(arrays) if keep else None)
+    out, handle = spec.component.apply_at(p, keep, spec.fingerprint(arrays) if keep else None)
     found = {x.path: x.value for x in leaves(out)}
     result = [
         np.asarray(found[path], aval.dtype)
@@ -179,7 +177,7 @@ def _host_jvp(
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
     res = _residual(spec, token, arrays)
     p = _point(spec, arrays)
-    result = comp._run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
+    result = comp.run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
     return [np.asarray(result[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)]
 
 
@@ -202,7 +200,7 @@ def _host_vjp(
         result = lane.vjp(res, c, paths)
     else:
         p = _point(spec, arrays)
-        result = comp._run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
+        result = comp.run("batched_vjp" if batched else "vjp", p, res, cotangents=c, wrt=paths)
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
     ]
@@ -219,7 +217,7 @@ def _host_hvp(
     n, m = len(spec.in_paths), len(of)
     arrays, weights, vs = args[:n], args[n : n + m], args[n + m :]
     paths = tuple(spec.in_paths[i] for i in wrt)
-    result = spec.component._run(
+    result = spec.component.run(
         "hvp",
         _point(spec, arrays),
         None,
@@ -230,25 +228,6 @@ def _host_hvp(
     return [
         np.asarray(result[p], np.asarray(arrays[i]).dtype) for i, p in zip(wrt, paths, strict=True)
     ]
-
-
-# ---- batching: a stack of leading axes, each looped over or handed to a batched endpoint ----
-
-
-def _run_levels(
-    host: Callable[..., list[np.ndarray]],
-    levels: tuple[str, ...],
-    args: list[np.ndarray],
-    linear: Sequence[bool],
-) -> list[np.ndarray]:
-    """Run `host` over the leading axes named by `levels` ("loop" or "batched")."""
-    if not levels or levels == ("batched",):
-        return host(args, batched=bool(levels))
-    if levels[0] == "batched":  # only an innermost batched level is supported
-        raise AssertionError(levels)
-    size = len(args[0]) if args else 0
-    rows = [_run_levels(host, levels[1:], [a[b] for a in args], linear) for b in range(size)]
-    return [np.stack([r[k] for r in rows]) for k in range(len(rows[0]))] if rows else []
 
 
 def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> list[np.ndarray]:
@@ -265,29 +244,33 @@ def _callback(
     return list(jax.pure_callback(lambda *xs: _host_call(host, xs), shapes, *args))
 
 
-def _emitter() -> Callable[..., Any] | None:
-    """JAX's own host-callback emitter, if this JAX has the one we know.
+# ---- how host callbacks are emitted -------------------------------------------------------
 
-    `jax.pure_callback` puts every argument on a device as a `jax.Array` before calling the
-    host function (~50-100 µs per argument, measured), only for the host to turn it back into
-    numpy. Emitting the callback directly hands the host the numpy views XLA already has. The
-    emitter is internal to JAX, so any other JAX falls back to `pure_callback`; so does
-    setting the environment variable `CHAINRULE_JAX_PURE_CALLBACK=1` (an escape hatch).
+
+@dataclass(frozen=True)
+class Settings:
+    """How the binding emits its host callbacks (see `configure`).
+
+    Arguments:
+        pure_callback: lower them with `jax.pure_callback` instead of JAX's own emitter (an
+            escape hatch; `chainrule.jax` sets it from `CHAINRULE_JAX_PURE_CALLBACK=1`).
     """
-    if os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0"):
-        return None
-    try:
-        from jax._src.callback import emit_python_callback
-    except ImportError:  # pragma: no cover - depends on the JAX version
-        return None
-    params = inspect.signature(emit_python_callback).parameters
-    wanted = ("ctx", "callback", "token", "operands", "operand_avals", "result_avals")
-    if tuple(params)[:6] != wanted or not {"has_side_effect", "returns_token"} <= set(params):
-        return None  # pragma: no cover - depends on the JAX version
-    return emit_python_callback
+
+    pure_callback: bool = False
 
 
-_EMIT = _emitter()
+_SETTINGS = [Settings()]
+
+
+def configure(settings: Settings) -> None:
+    """Use `settings` for every host callback lowered from now on."""
+    _SETTINGS[0] = settings
+
+
+def emitter() -> Callable[..., Any] | None:
+    """JAX's own host-callback emitter (`compat`), unless `jax.pure_callback` is wanted or
+    this JAX lacks the emitter known here."""
+    return None if _SETTINGS[0].pure_callback else compat.EMIT_PYTHON_CALLBACK
 
 
 def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:
@@ -322,10 +305,12 @@ def _define(
     def lowered(*args: Any, **params: Any) -> list[Any]:
         return _callback(host_for(params), avals_of(**params), args)
 
-    def emitted(ctx: Any, *args: Any, **params: Any) -> Any:
+    def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
+        emit = emitter()
+        if emit is None:
+            return mlir.lower_fun(lowered, multiple_results=True)(ctx, *args, **params)
         host = host_for(params)
-        assert _EMIT is not None
-        result, _, _ = _EMIT(
+        result, _, _ = emit(
             ctx,
             lambda *xs: tuple(_host_call(host, xs)),
             None,
@@ -339,11 +324,8 @@ def _define(
 
     prim.def_impl(impl)
     prim.def_abstract_eval(abstract)
-    if _EMIT is not None:
-        # cacheable=False as for pure_callback: each lowering registers its own host callback.
-        mlir.register_lowering(prim, emitted, cacheable=False)
-    else:  # pragma: no cover - depends on the JAX version
-        mlir.register_lowering(prim, mlir.lower_fun(lowered, multiple_results=True))
+    # cacheable=False as for pure_callback: each lowering registers its own host callback.
+    mlir.register_lowering(prim, lowering, cacheable=False)
     return prim
 
 
@@ -351,7 +333,7 @@ def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[i
     def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
         return _host_apply(spec, keep, args)
 
-    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+    return lambda args: run_levels(host, levels, args)
 
 
 def _apply_avals(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
@@ -376,8 +358,7 @@ def _linear_host(kind: str) -> Callable[..., Any]:
         def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
             return fn(spec, wrt, of, batched, args[0], args[1 : 1 + n], args[1 + n :])
 
-        linear = [False] * (1 + n) + [True] * (len(wrt) if kind == "jvp" else len(of))
-        return lambda args: _run_levels(host, levels, args, linear)
+        return lambda args: run_levels(host, levels, args)
 
     return host_of
 
@@ -417,7 +398,7 @@ def _hvp_host(
     def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
         return _host_hvp(spec, moved, wrt, of, args)
 
-    return lambda args: _run_levels(host, levels, args, [False] * len(args))
+    return lambda args: run_levels(host, levels, args)
 
 
 def _hvp_avals(

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from chainrule._component.backends.torch import _DTYPES
+from chainrule._component.backends.torch_graph import DTYPES
 from chainrule._schema.errors import EndpointUnavailableError
 
 if TYPE_CHECKING:
-    from .call import _Op
+    from .function import Op
 
-Bind = Callable[["_Op", Sequence[Any], Sequence[Any]], list[Any]]
+Bind = Callable[["Op", Sequence[Any], Sequence[Any]], list[Any]]
 
 
 def add(a: Any, b: Any) -> Any:
@@ -50,7 +50,7 @@ def repeat_at(x: torch.Tensor, at: int, size: int) -> torch.Tensor:
 
 
 def _hvp(
-    op: _Op,
+    op: Op,
     primals: Sequence[torch.Tensor],
     weights: dict[int, torch.Tensor],
     vs: dict[int, torch.Tensor],
@@ -75,7 +75,7 @@ def _hvp(
 
 
 def point_backward(
-    op: _Op, args: Sequence[torch.Tensor], cts: Sequence[Any], needs: Sequence[bool], bind: Bind
+    op: Op, args: Sequence[torch.Tensor], cts: Sequence[Any], needs: Sequence[bool], bind: Bind
 ) -> list[Any]:
     """The cotangents of the point of a linear op: H·v, H of the outputs weighted by the op's
     cotangents (vjp) or by the cotangents of its results (jvp)."""
@@ -97,7 +97,7 @@ def point_backward(
     return grads
 
 
-def point_jvp(op: _Op, args: Sequence[torch.Tensor], dx: Sequence[Any], bind: Bind) -> list[Any]:
+def point_jvp(op: Op, args: Sequence[torch.Tensor], dx: Sequence[Any], bind: Bind) -> list[Any]:
     """The tangent of a linear op's result as its point moves by dx."""
     moved = {i: t for i, t in enumerate(dx) if t is not None}
     if not moved:
@@ -109,7 +109,7 @@ def point_jvp(op: _Op, args: Sequence[torch.Tensor], dx: Sequence[Any], bind: Bi
 
 
 def _jvp_curvature(
-    op: _Op,
+    op: Op,
     primals: Sequence[torch.Tensor],
     ts: dict[int, torch.Tensor],
     dx: dict[int, Any],
@@ -125,7 +125,7 @@ def _jvp_curvature(
     weights, start = {}, 0
     for o, n in zip(op.of, sizes, strict=True):
         block = eye[:, start : start + n].reshape(rows, *box.out_shapes[o])
-        weights[o] = block.expand(*lead, *block.shape).to(_DTYPES[box.out_dtypes[o]])
+        weights[o] = block.expand(*lead, *block.shape).to(DTYPES[box.out_dtypes[o]])
         start += n
     basis = replace(op, levels=(*op.levels[:depth], "batched"))  # rows after the loop axes
     hv = _hvp(basis, primals, weights, dx, tuple(ts), bind)
@@ -141,18 +141,18 @@ def _jvp_curvature(
     out, start = [], 0
     for o, n in zip(op.of, sizes, strict=True):
         block = total[..., start : start + n].reshape(*lead, *batch, *box.out_shapes[o])
-        out.append(block.to(_DTYPES[box.out_dtypes[o]]))
+        out.append(block.to(DTYPES[box.out_dtypes[o]]))
         start += n
     return out
 
 
-def _split(op: _Op, args: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+def _split(op: Op, args: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
     n, m = op.n, len(op.of)
     return list(args[:n]), list(args[n : n + m]), list(args[n + m :])
 
 
 def hvp_backward(
-    op: _Op, args: Sequence[torch.Tensor], cts: Sequence[Any], needs: Sequence[bool], bind: Bind
+    op: Op, args: Sequence[torch.Tensor], cts: Sequence[Any], needs: Sequence[bool], bind: Bind
 ) -> list[Any]:
     """The backward of an hvp op: symmetric in v (a Hessian is), so v's cotangent is another
     hvp; the point's or the weights' would be third order."""
@@ -165,9 +165,7 @@ def hvp_backward(
     return [None] * (n + m) + bind(new, primals, [*weights, *[cts[k] for k in keep]])
 
 
-def hvp_jvp(
-    op: _Op, args: Sequence[torch.Tensor], tangents: Sequence[Any], bind: Bind
-) -> list[Any]:
+def hvp_jvp(op: Op, args: Sequence[torch.Tensor], tangents: Sequence[Any], bind: Bind) -> list[Any]:
     """The tangent of an hvp op: bilinear in (weights, v), so two hvps along those."""
     primals, weights, vs = _split(op, args)
     dx, dw, dv = _split(op, tangents)
@@ -183,7 +181,7 @@ def hvp_jvp(
     return out
 
 
-def third_order(op: _Op) -> EndpointUnavailableError:
+def third_order(op: Op) -> EndpointUnavailableError:
     return EndpointUnavailableError(
         f"third derivatives of component '{op.component.name}' "
         f"({op.component.backend.name} backend) through chainrule.torch.call are not "

@@ -8,10 +8,11 @@ are imported only when used, so the core needs neither.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+import numpy as np
 import pydantic
 
 from chainrule._schema.errors import OutputValidationError, SchemaDefinitionError
@@ -19,10 +20,57 @@ from chainrule._schema.messages import format_pydantic
 from chainrule._schema.schema import Schema, passthrough
 
 if TYPE_CHECKING:
+    from chainrule._component.component import Component
     from chainrule._component.point import Point
     from chainrule._component.residuals import Residual
 
-__all__ = ["Backend", "FiniteDifferences", "as_outputs"]
+__all__ = ["Backend", "Capabilities", "FiniteDifferences", "Lane", "as_outputs"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend declares about itself. Components, bindings and transports choose their
+    paths by these declarations, never by a backend's name.
+
+    Arguments:
+        static_shapes: output shapes depend only on the static signature (static values,
+            array shapes and dtypes), so they may be remembered per signature.
+        cheap_eval_shape: `eval_shape` does not run the function's arithmetic, so asking it
+            costs less than `apply` (it may still fail; then apply tells the shapes).
+        framework: the framework whose arrays the function computes on, under that
+            framework's own differentiation (`"jax"`, `"torch"`): its binding may then run the
+            function inline on the caller's arrays; None when none can (numpy, remote).
+    """
+
+    static_shapes: bool = True
+    cheap_eval_shape: bool = True
+    framework: str | None = None
+
+
+class Lane(Protocol):
+    """A backend's plan for one call site of a framework binding: `apply` and the `vjp` of a
+    kept apply on trusted numpy arrays, without building a Point.
+
+    A binding's call site fixes every array path, shape and dtype, so the generic endpoints'
+    work (validating a point, rebuilding templates, checking tangents) is redundant there.
+    A lane is built once per site (`Component.lane`) and runs on the arrays alone; the
+    outputs it returns are checked by the component's one output check when they are not
+    exactly the declared arrays.
+    """
+
+    def apply(
+        self, template: Schema, arrays: Sequence[np.ndarray], keep: bool
+    ) -> tuple[list[np.ndarray], Residual | None]:
+        """The output arrays (in the site's output order) of the function at `arrays` (the
+        other fields from `template`) and, with `keep`, the residual to keep."""
+
+    def owns(self, residual: Residual | None) -> bool:
+        """Whether `vjp` can answer from `residual`."""
+
+    def vjp(
+        self, residual: Residual, cotangents: dict[str, np.ndarray], wrt: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """`{input path: Jᵀ·c}` from a residual this lane kept."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +101,11 @@ class Backend(ABC):
     name: ClassVar[str]
     provenance: ClassVar[str]
     cost: ClassVar[float]
-    native: ClassVar[tuple[str, ...]]
-    cheap_eval_shape: ClassVar[bool] = True
-    static_shapes: ClassVar[bool] = True  # output shapes depend only on the static signature
-    eval_shape_provenance: ClassVar[str] = "native"
+    # What a backend declares (a remote backend reads them from its server, per instance).
+    native: tuple[str, ...]
+    capabilities: Capabilities = Capabilities()
+    eval_shape_provenance: str = "native"
+    where: str = "in-process"  # where the function runs (a remote backend: its server)
 
     def __init__(
         self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema]
@@ -78,6 +127,13 @@ class Backend(ABC):
             raise KeyError(name)
         method: Callable[..., Any] = getattr(self, name)
         return method
+
+    def host_lane(
+        self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
+    ) -> Lane | None:
+        """This backend's `Lane` for a binding's call site with these array paths (None: the
+        binding runs the component's generic endpoints)."""
+        return None
 
     @abstractmethod
     def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:

@@ -24,7 +24,7 @@ from chainrule._schema.errors import ShapesUnknownError, ValidationError
 from chainrule._schema.schema import Schema, ShapeDtype, passthrough
 from chainrule._schema.tree import Leaf, leaves, replace_leaves
 
-from .base import Backend, as_outputs
+from .base import Backend, Capabilities, as_outputs
 
 if TYPE_CHECKING:
     from chainrule._component.component import Point
@@ -174,6 +174,7 @@ class JaxBackend(Backend):
     cost = 1.0
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp")
     eval_shape_provenance = "native (jax.eval_shape)"
+    capabilities = Capabilities(framework="jax")
 
     def __init__(
         self, fn: Callable[[Any], Any], inputs: type[Schema], outputs: type[Schema]

@@ -19,7 +19,7 @@ from chainrule._schema.errors import EndpointUnavailableError, ValidationError
 from chainrule._schema.schema import Schema, ShapeDtype
 from chainrule._schema.tree import class_leaves, leaves, replace_leaves
 
-from .base import Backend, FiniteDifferences, as_outputs
+from .base import Backend, Capabilities, FiniteDifferences, as_outputs
 
 if TYPE_CHECKING:
     from chainrule._component.component import Point
@@ -42,7 +42,7 @@ class NumpyBackend(Backend):
     cost = 10.0
     native = ("jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp")
     eval_shape_provenance = "named dimensions (else needs apply)"
-    static_shapes = False  # NumPy code may return data-dependent shapes
+    capabilities = Capabilities(static_shapes=False)  # NumPy code may return data-dependent shapes
 
     def __init__(
         self,

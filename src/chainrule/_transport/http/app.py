@@ -1,247 +1,58 @@
 """The HTTP face of a component: a FastAPI app built from any component and frozen settings.
 
-Routes: `POST /<endpoint>` for every endpoint the component offers (see
+Routes: `POST /<endpoint>` for every endpoint the component offers (its rows of
 `chainrule._component.endpoints.ENDPOINTS`), `GET /health`, `GET /schema`, plus
-`/openapi.json`, `/docs` and `/redoc` (`openapi`). Bodies use the wire format of
-`chainrule._transport.wire` (binary or JSON, negotiated by `Content-Type` and `Accept`;
-`edge`). Every error is a JSON body `{"error": {"type", "message", "errors"}}` that
-the client re-raises as the same `ChainruleError` subclass; no request can stop the server.
+`/openapi.json`, `/docs` and `/redoc` (`openapi`). The endpoint routes are answered by the
+app's `Router` (`edge`), the way requests are served; FastAPI routes the rest and describes
+every route for OpenAPI. Bodies use the wire format of `chainrule._transport.wire` (binary or
+JSON, negotiated by `Content-Type` and `Accept`; `edge`); the request trees go to the
+transport-neutral `Handler` (`chainrule._transport.handler`), which checks and runs them.
+Every error is a JSON body `{"error": {"type", "message", "errors"}}` that the client
+re-raises as the same `ChainruleError` subclass; no request can stop the server.
 
-A request's body is read on the event loop within its size limit; decoding it, checking the
-work it declares (`limits`), the call and encoding the answer then run in one worker
-thread (`pool`, which times calls out and keeps serving while some hang), so neither a large
-body nor a long call stalls other clients.
+A request's body is read on the event loop within its size limit; decoding it, the handler's
+checks and the call, and encoding the answer then run in one worker thread (`pool`, which
+times calls out and keeps serving while some hang), so neither a large body nor a long call
+stalls other clients.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from chainrule._component import finite as _finite
 from chainrule._component.component import Component
-from chainrule._component.endpoints import ENDPOINTS
-from chainrule._component.residuals import Handle
-from chainrule._schema import tree as _tree
-from chainrule._schema.errors import (
-    AuthenticationError,
-    ChainruleError,
-    EndpointUnavailableError,
-    ValidationError,
-)
-from chainrule._schema.messages import MAX_REPORTED
-from chainrule._schema.schema import ShapeDtype
+from chainrule._schema.errors import AuthenticationError, ChainruleError, EndpointUnavailableError
 from chainrule._transport import wire as _wire
+from chainrule._transport.handler import Handler
+from chainrule._transport.refusals import Answered, Saturated, TimedOut
+from chainrule._transport.settings import ServerSettings
 from chainrule._transport.wire.decoder import decode_counted
 
 from .edge import (
     Answer,
-    Answered,
-    FastPath,
     PartsResponse,
-    Saturated,
-    TimedOut,
+    Router,
     Types,
     content_types,
     error_response,
     read_body,
 )
-from .limits import check_work, limits_of
 from .openapi import app_with_docs, install_openapi, openapi_body
 from .pool import Busy, Expired, Pool
 
-__all__ = ["ServerSettings", "asgi_app", "create_app", "is_loopback"]
+__all__ = ["asgi_app", "create_app"]
 
 _CHECK_HEADER = _finite.HEADER.lower()
-
-
-class ServerSettings(BaseModel):
-    """How a component is served (frozen; unknown keys refused).
-
-    Arguments:
-        host: interface to bind; anything but loopback requires `token`.
-        port: TCP port (0: any free port).
-        token: bearer token every request must carry (`Authorization: Bearer <token>`).
-        max_body_bytes: larger request bodies get 413 before they are read whole.
-        max_json_bytes: the same for JSON bodies, whose plain numbers take ~16x their text
-            in memory once parsed (binary bodies are decoded in place): the default keeps a
-            JSON request near 1 GiB of memory, like a binary one at `max_body_bytes`.
-        max_elements: most array elements a request may ask for, counting what its shapes
-            declare (a 0-length dimension as 1, so 2**40 empty rows count 2**40) and, for
-            batched endpoints, batch size × input elements (the size of a batched vjp's
-            answer). Above it: 413. The default is 2 GiB of float64.
-        max_batch: most rows a batched request may have (each row may cost a call of the
-            component's derivative), whatever their size. Above it: 413.
-        allow_nonfinite: accept NaN/inf in input, tangent and cotangent arrays.
-        residual_bytes: byte budget of kept linearizations (`apply` with `keep`).
-        residual_ttl: seconds a kept linearization lives at most.
-        threaded: run endpoints in worker threads, so `/health` and other requests are
-            answered during a long (or hung) call; `False` runs calls with small bodies on the
-            event loop (a few tens of µs less per call, but one long call blocks the server).
-        call_timeout: seconds a call may take from its arrival; later, it is answered 504
-            (naming the component and endpoint) and its worker thread counts as hung. `None`:
-            no limit. The default is the client's (`chainrule.connect(timeout=300)`).
-        max_threads: most worker threads, hung ones included; the pool grows up to it when
-            calls are slow or hung, and answers 503 while every thread is hung.
-        shutdown_timeout: seconds a stopping server (SIGTERM) waits for calls in progress
-            before it cancels them and exits.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str | None = None
-    max_body_bytes: PositiveInt = 2**30
-    max_json_bytes: PositiveInt = 64 * 2**20
-    max_elements: PositiveInt = 2**28
-    max_batch: PositiveInt = 2**16
-    allow_nonfinite: bool = True
-    residual_bytes: int = 512 * 2**20
-    residual_ttl: float = 600.0
-    threaded: bool = True
-    call_timeout: PositiveFloat | None = 300.0
-    max_threads: PositiveInt = 32
-    shutdown_timeout: NonNegativeInt = 10
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_finite(tree: Any, path: str) -> None:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            _check_finite(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            _check_finite(v, f"{path}.{i}")
-    elif isinstance(tree, np.ndarray) and tree.dtype.kind in "fc" and not np.isfinite(tree).all():
-        raise ValidationError(
-            f"'{path}' holds NaN or inf, which this server refuses (allow_nonfinite=False); "
-            "send finite values",
-            errors=[{"path": path, "expected": "finite values", "got": "NaN/inf"}],
-        )
-    elif isinstance(tree, float) and not np.isfinite(tree):
-        raise ValidationError(
-            f"'{path}' is {tree}, which this server refuses (allow_nonfinite=False)",
-            errors=[{"path": path, "expected": "a finite number", "got": str(tree)}],
-        )
-
-
-def _is_paths(value: Any) -> bool:
-    return (
-        value is None
-        or isinstance(value, str)
-        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    )
-
-
-# What each request keyword must be before it reaches the component: (check, expected).
-_KEYWORDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "keep": (lambda v: isinstance(v, bool), "true or false"),
-    "tangents": (lambda v: isinstance(v, dict), "an object {input path: array}"),
-    "cotangents": (lambda v: isinstance(v, dict), "an object {output path: array}"),
-    "of": (_is_paths, "a path, a list of paths or null"),
-    "wrt": (_is_paths, "a path, a list of paths or null"),
-    "handle": (lambda v: v is None or isinstance(v, str), "a handle string or null"),
-}
-# hvp weighs outputs by `cotangents` or names one scalar output `of` (then no cotangents).
-_HVP: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "of": (lambda v: v is None or isinstance(v, str), "one scalar output path or null"),
-    "cotangents": (lambda v: v is None or isinstance(v, dict), "an object {output path: array}"),
-}
-_REQUIRED = frozenset({"inputs", "tangents", "cotangents"})
-
-
-def _some(names: Any, most: int = MAX_REPORTED) -> str:
-    """`names` sorted, the first `most` of them shown: a body of 50,000 unknown keys gets an
-    answer of bounded size."""
-    shown = sorted(names)[:most] if len(names) > most else sorted(names)
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return f"{shown}{more}"
-
-
-def _request(name: str, payload: Any) -> dict[str, Any]:
-    """The keyword arguments of endpoint `name` from a decoded body, checked."""
-    allowed = {"inputs", *ENDPOINTS[name].request}
-    if not isinstance(payload, dict):
-        raise ValidationError(
-            f"/{name} expects an object with keys {sorted(allowed)}, got {type(payload).__name__}",
-            errors=[{"path": "(body)", "expected": "an object", "got": type(payload).__name__}],
-        )
-    required = _REQUIRED - {"cotangents"} if name == "hvp" else _REQUIRED
-    unknown, missing = set(payload) - allowed, (allowed & required) - set(payload)
-    if unknown or missing:
-        problem = f"unknown keys {_some(unknown)}" if unknown else f"missing keys {sorted(missing)}"
-        raise ValidationError(
-            f"/{name}: {problem}; the body must be an object with keys {sorted(allowed)}",
-            errors=[{"path": "(body)", "expected": sorted(allowed), "got": _some(payload)}],
-        )
-    for key in set(payload) - {"inputs"}:
-        check, expected = _HVP[key] if name == "hvp" and key in _HVP else _KEYWORDS[key]
-        if not check(payload[key]):
-            got = type(payload[key]).__name__
-            raise ValidationError(
-                f"/{name}: '{key}' must be {expected}, got {got}",
-                errors=[{"path": key, "expected": expected, "got": got}],
-            )
-    return dict(payload)
-
-
-def _shapes_tree(out: Any) -> dict[str, Any]:
-    leaves = _tree.leaves(out)
-    described = {
-        x.path: {"shape": list(x.value.shape), "dtype": np.dtype(x.value.dtype).name}
-        for x in leaves
-        if isinstance(x.value, ShapeDtype)
-    }
-    return {"outputs": _tree.replace_leaves(out, described).model_dump(), "leaves": list(described)}
-
-
-def _call(component: Component, name: str, req: dict[str, Any], check: bool) -> dict[str, Any]:
-    """Run endpoint `name` and shape its result as the response tree."""
-    with _finite.scoped(check):
-        return _run_endpoint(component, name, req)
-
-
-def _run_endpoint(component: Component, name: str, req: dict[str, Any]) -> dict[str, Any]:
-    handle = req.pop("handle", None)
-    if handle is not None:
-        req["handle"] = Handle.parse(handle, component.name)  # 422 if malformed
-    inputs = req.pop("inputs")
-    if name == "apply":
-        if req.get("keep"):
-            out, kept = component.apply(inputs, keep=True)
-            return {"outputs": _tree.dump(out), "handle": kept.id}
-        return {"outputs": _tree.dump(component.apply(inputs))}
-    if name == "eval_shape":
-        return _shapes_tree(component.eval_shape(inputs))
-    method: Callable[..., Any] = getattr(component, name)
-    return {"result": method(inputs, **req)}
 
 
 _INLINE_JSON_BYTES = 2048
@@ -255,15 +66,15 @@ def _cheap(body: bytes | bytearray, incoming: str) -> bool:
 
 
 class _Service:
-    """State shared by the routes: the component, its settings, the endpoint dispatch."""
+    """State shared by the routes: the component's transport-neutral handler, the settings,
+    the pool of worker threads."""
 
     def __init__(self, component: Component, settings: ServerSettings) -> None:
         self.component = component
         self.settings = settings
+        self.handler = Handler(component, settings)
+        self.limits = self.handler.limits
         self.pool = Pool(settings.max_threads, settings.call_timeout, "chainrule")
-        self.limits = limits_of(settings)
-        component.residuals.max_bytes = settings.residual_bytes
-        component.residuals.ttl = settings.residual_ttl
 
     def authorize(self, headers: Mapping[str, str]) -> None:
         token = self.settings.token
@@ -277,7 +88,7 @@ class _Service:
             )
 
     def route(self, name: str) -> Callable[[Request], Awaitable[Response]]:
-        """Endpoint `name` as a FastAPI route (for the OpenAPI document; `FastPath` answers
+        """Endpoint `name` as a FastAPI route (for the OpenAPI document; the `Router` answers
         the requests themselves with `answer`)."""
         answer = self.answer(name)
 
@@ -288,7 +99,7 @@ class _Service:
         return endpoint
 
     def answer(self, name: str) -> Answer:
-        """The handler of endpoint `name`: from the request headers and the ASGI `receive`
+        """The answer of endpoint `name`: from the request headers and the ASGI `receive`
         channel of its body, the response."""
         what = f"/{name} of component '{self.component.name}'"
 
@@ -322,13 +133,11 @@ class _Service:
         return endpoint
 
     def respond(self, name: str, body: bytes | bytearray, types: Types, check: bool) -> Response:
-        """Decode the body, check it, run endpoint `name`, encode the answer."""
+        """Decode the body, hand it to the handler, encode the answer."""
         decoded = decode_counted(body, types.incoming)
-        req = _request(name, decoded.tree)
-        check_work(name, req, decoded.elements, self.limits)
-        if not self.settings.allow_nonfinite:
-            _check_finite(req, "")
-        result = _call(self.component, name, req, check)
+        result = self.handler.handle(
+            name, decoded.tree, declared=decoded.elements, check_finite=check
+        )
         lists = types.lists
         if lists is None:  # answer in the form the request used: plain lists for plain lists
             lists = types.incoming == _wire.JSON and decoded.arrays == 0
@@ -360,28 +169,13 @@ class _Service:
         )
         return error_response(error, error.status)
 
-    def schema(self) -> dict[str, Any]:
-        comp = self.component
-        return {
-            "name": comp.name,
-            "backend": comp.backend.name,
-            "inputs": comp.inputs.model_json_schema(),
-            "outputs": comp.outputs.model_json_schema(),
-            "endpoints": comp.endpoints,
-            "content_types": [_wire.BINARY, _wire.JSON],
-            "max_body_bytes": self.settings.max_body_bytes,
-            "max_json_bytes": self.settings.max_json_bytes,
-            "max_elements": self.settings.max_elements,
-            "max_batch": self.settings.max_batch,
-            "call_timeout": self.settings.call_timeout,
-        }
-
 
 def asgi_app(component: Component, settings: ServerSettings | None = None) -> Any:
-    """The ASGI application `chainrule serve` runs: `create_app`'s FastAPI app, with the
-    endpoint routes answered before any of FastAPI's middleware (~0.1 ms less per call)."""
+    """The ASGI application `chainrule serve` runs: `create_app`'s FastAPI app behind its
+    `Router`, so the endpoint routes are answered before any of FastAPI's middleware (~0.1 ms
+    less per call)."""
     app = create_app(component, settings)
-    return FastPath(app, app.state.chainrule_routes)
+    return Router(app, app.state.chainrule_routes)
 
 
 def create_app(component: Component, settings: ServerSettings | None = None) -> FastAPI:
@@ -409,7 +203,7 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
         )
     install_openapi(app, defs)
     routes = {f"/{n}": service.answer(n) for n in component.endpoints}
-    app.add_middleware(FastPath, routes=routes)
+    app.add_middleware(Router, routes=routes)
     app.state.chainrule_routes = routes
 
     if settings.token is not None:  # /openapi.json, /docs and /redoc describe it too
@@ -442,7 +236,7 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
             service.authorize(request.headers)
         except AuthenticationError as e:
             return error_response(e)
-        return JSONResponse(service.schema())
+        return JSONResponse(service.handler.describe())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,12 +1,13 @@
 """`connect(url)`: a remote component that is a `Component` like any other.
 
-The client fetches `GET /schema`, rebuilds the schema classes (so inputs are validated here,
-before anything crosses the network) and forwards every endpoint over HTTP with a
-`RemoteBackend`. Connections are kept alive, one per thread (`raw.RawConnection`, measured
-faster than `http.client` and httpx for small calls); every endpoint call is idempotent, so
-calls are retried on connection errors, which is what lets a restarted server pick up where a
-dead one left off, and (twice) on broken answers. Nothing the server sends is trusted further
-than it must be: see `raw` for the answer itself, `remote_component` for its schema.
+`connect` is the one remote component (`chainrule._transport.remote`) over
+`HttpTransport`: `GET /schema` describes the component, `POST /<endpoint>` carries each
+call, its trees in the wire format (binary by default). Connections are kept alive, one per
+thread (`raw.RawConnection`, measured faster than `http.client` and httpx for small calls);
+every endpoint call is idempotent, so calls are retried on connection errors, which is what
+lets a restarted server pick up where a dead one left off, and (twice) on broken answers.
+Nothing the server sends is trusted further than it must be: see `raw` for the answer itself,
+`remote` for its schema.
 """
 
 from __future__ import annotations
@@ -18,27 +19,17 @@ import threading
 import time
 import urllib.parse
 import weakref
-from typing import TYPE_CHECKING, Any
-
-import pydantic
+from typing import Any
 
 from chainrule._component import finite as _finite
-from chainrule._component.backends.base import Backend
 from chainrule._component.component import Component
-from chainrule._component.endpoints import DERIVATIVES
-from chainrule._component.residuals import Residual
-from chainrule._schema import tree as _tree
 from chainrule._schema.errors import ChainruleError, TransportError, error_from_dict
-from chainrule._schema.jsonschema import schema_from_json
-from chainrule._schema.schema import Schema, ShapeDtype, passthrough
 from chainrule._transport import wire as _wire
+from chainrule._transport.remote import remote_component
 
 from .raw import MAX_BYTES, RawConnection, TooLarge
 
-if TYPE_CHECKING:
-    from chainrule._component.component import Point
-
-__all__ = ["Connection", "RemoteBackend", "connect", "remote_component"]
+__all__ = ["Connection", "HttpTransport", "connect"]
 
 _RETRYABLE = (
     ConnectionRefusedError,
@@ -234,21 +225,14 @@ class Connection:
             "chainrule.connect if answers this large are expected."
         )
 
-    def call(self, path: str, tree: Any, expect: tuple[str, ...] = ()) -> Any:
-        """POST `tree` to `path` and decode the answer, re-raising server errors as themselves;
-        an answer that is not an object with the keys `expect` is a TransportError."""
+    def call(self, path: str, tree: Any) -> Any:
+        """POST `tree` to `path` and decode the answer, re-raising server errors as themselves
+        (what the answer holds is for the caller to check: `remote.RemoteBackend`)."""
         parts = _wire.encode_parts(tree, self.content_type)
         status, ctype, data = self.request("POST", path, parts)
         if status >= 400:
             raise _server_error(status, data, f"{self.url}{path}")
-        answer = _wire.decode(data, ctype)
-        if expect and not (isinstance(answer, dict) and all(k in answer for k in expect)):
-            got = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
-            raise TransportError(
-                f"{self.url}{path} answered {got}, not an object with {list(expect)}; is it a "
-                "chainrule server of the same version as this client?"
-            )
-        return answer
+        return _wire.decode(data, ctype)
 
     def get_json(self, path: str) -> Any:
         """GET `path` and decode its JSON answer (TransportError if it is not JSON)."""
@@ -281,103 +265,24 @@ def _server_error(status: int, data: bytearray, where: str) -> ChainruleError:
         return TransportError(f"{where} answered HTTP {status}: {snippet}")
 
 
-def _set_path(tree: Any, path: str, value: Any) -> None:
-    *head, last = path.split(".")
-    for key in head:
-        tree = tree[int(key)] if isinstance(tree, list) else tree[key]
-    if isinstance(tree, list):
-        tree[int(last)] = value
-    else:
-        tree[last] = value
+class HttpTransport:
+    """The `Transport` of a chainrule HTTP server: one request per call over `conn`
+    (keep-alive, retried on connection errors), trees in the wire format it negotiates."""
 
-
-class RemoteBackend(Backend):
-    """Forwards every endpoint to a chainrule server."""
-
-    name = "remote"
-    provenance = "remote"
-    cost = 1.0
-    native: tuple[str, ...] = ()  # type: ignore[misc]  # set per server below
-
-    def __init__(
-        self, conn: Connection, info: dict[str, Any], inputs: type[Schema], outputs: type[Schema]
-    ) -> None:
-        super().__init__(_not_local, inputs, outputs)
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.offered: dict[str, str] = dict(info["endpoints"])
-        self.native = tuple(n for n in DERIVATIVES if n in self.offered)
-        self.eval_shape_provenance = f"remote: {self.offered.get('eval_shape', 'none')}"  # type: ignore[misc]
-        self.static_shapes = info.get("backend") in ("jax", "torch")  # type: ignore[misc]
-        self.cheap_eval_shape = self.static_shapes  # type: ignore[misc]
+        self.where = conn.url
+
+    def schema(self) -> dict[str, Any]:
+        document: dict[str, Any] = self.conn.get_json("/schema")
+        return document
+
+    def call(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.conn.call(f"/{endpoint}", request)
+        return answer
 
     def close(self) -> None:
         self.conn.close()
-
-    def provenance_of(self, name: str) -> str:
-        return f"remote: {self.offered.get(name, 'none')}"
-
-    @staticmethod
-    def _body(p: Point, res: Residual | None, **request: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"inputs": _tree.dump(p.inputs)}
-        body.update({k: list(v) if isinstance(v, tuple) else v for k, v in request.items()})
-        if res is not None and isinstance(res.data, str):
-            body["handle"] = res.data
-        return body
-
-    def apply(self, p: Point, keep: bool) -> tuple[Any, Residual | None]:
-        body = {"inputs": _tree.dump(p.inputs), "keep": keep}
-        answer = self.conn.call("/apply", body, ("outputs", "handle") if keep else ("outputs",))
-        if not keep:
-            return answer["outputs"], None
-        return answer["outputs"], Residual(answer["handle"], 0, None)
-
-    def eval_shape(self, p: Point) -> Any:
-        answer = self.conn.call(
-            "/eval_shape", {"inputs": _tree.dump(p.inputs)}, ("outputs", "leaves")
-        )
-        tree = answer["outputs"]
-        for path in answer["leaves"]:
-            info = _lookup(tree, path)
-            _set_path(tree, path, ShapeDtype(tuple(info["shape"]), _wire_dtype(info["dtype"])))
-        with passthrough():
-            return self.outputs.model_validate(tree)
-
-    def _post(self, name: str, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self.conn.call(f"/{name}", self._body(p, res, **request), ("result",))["result"]
-
-    def jvp(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("jvp", p, res, **request)
-
-    def vjp(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("vjp", p, res, **request)
-
-    def jacobian(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("jacobian", p, res, **request)
-
-    def batched_jvp(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("batched_jvp", p, res, **request)
-
-    def batched_vjp(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("batched_vjp", p, res, **request)
-
-    def hvp(self, p: Point, res: Residual | None, **request: Any) -> Any:
-        return self._post("hvp", p, None, **request)
-
-
-def _lookup(tree: Any, path: str) -> Any:
-    for key in path.split("."):
-        tree = tree[int(key)] if isinstance(tree, list) else tree[key]
-    return tree
-
-
-def _wire_dtype(name: str) -> Any:
-    import numpy as np
-
-    return np.dtype(name)
-
-
-def _not_local(inputs: Any) -> Any:
-    raise TransportError("a remote component runs on its server; call its endpoints instead")
 
 
 def connect(
@@ -419,53 +324,7 @@ def connect(
         max_response_bytes=max_response_bytes,
     )
     try:
-        return remote_component(conn, conn.get_json("/schema"))
+        return remote_component(HttpTransport(conn))
     except BaseException:
         conn.close()
         raise
-
-
-class _ServerInfo(pydantic.BaseModel):
-    """The parts of a server's `GET /schema` answer the client uses (the rest is ignored)."""
-
-    model_config = pydantic.ConfigDict(extra="ignore", frozen=True, strict=True)
-
-    name: str
-    backend: str | None = None
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    endpoints: dict[str, str]
-
-
-def remote_component(conn: Connection, document: Any) -> Component:
-    """The component described by a server's `GET /schema` answer, called through `conn`.
-
-    Returns:
-        The component; a `TransportError` saying why if the document is not a valid schema.
-    """
-    where = f"{conn.url}/schema"
-    try:
-        info = _ServerInfo.model_validate(document)
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        path = ".".join(str(p) for p in first["loc"]) or "the document"
-        raise _bad_schema(where, f"{path}: {first['msg']}", e.error_count()) from e
-    try:
-        inputs = schema_from_json(info.inputs, "inputs")
-        outputs = schema_from_json(info.outputs, "outputs")
-        backend = RemoteBackend(conn, info.model_dump(), inputs, outputs)
-        component = Component(
-            _not_local, inputs=inputs, outputs=outputs, backend=backend, name=info.name
-        )
-    except ChainruleError as e:
-        raise _bad_schema(where, e.message, 1) from e
-    component.url = conn.url  # type: ignore[attr-defined]
-    return component
-
-
-def _bad_schema(where: str, why: str, count: int) -> TransportError:
-    more = f" (and {count - 1} more problems)" if count > 1 else ""
-    return TransportError(
-        f"{where} is not a valid chainrule schema: {why}{more}. Is it a chainrule server, "
-        "of the same chainrule version as this client?"
-    )

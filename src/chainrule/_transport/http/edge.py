@@ -1,9 +1,10 @@
-"""The HTTP edge of a served component: content negotiation, request bodies read within their
-size limit, answers sent in pieces, and the errors answered with their own status codes.
+"""The HTTP edge of a served component: the router of its endpoint routes, content
+negotiation, request bodies read within their size limit, answers sent in pieces, and errors
+answered with their status codes.
 
 Every error is a JSON body `{"error": {"type", "message", "errors"}}` that the client
 re-raises as the same `ChainruleError` subclass: an error answered with a status of its own
-(413, 415, 503, 504) names its public class in `type`.
+(413, 415, 503, 504; `chainrule._transport.refusals`) names its public class in `type`.
 """
 
 from __future__ import annotations
@@ -20,25 +21,20 @@ from chainrule._schema.errors import (
     ChainruleError,
     ComponentError,
     EndpointUnavailableError,
-    TransportError,
     ValidationError,
     WireFormatError,
 )
 from chainrule._transport import wire as _wire
+from chainrule._transport.refusals import Limit, Unsupported, too_large
 
 __all__ = [
     "Answer",
-    "Answered",
-    "FastPath",
-    "Limit",
     "PartsResponse",
-    "Saturated",
-    "TimedOut",
+    "Router",
     "Types",
     "content_types",
     "error_response",
     "read_body",
-    "too_large",
 ]
 
 # An endpoint handler: (request headers, ASGI receive) -> response.
@@ -72,60 +68,6 @@ class _ErrorResponse(JSONResponse):
 def error_response(error: ChainruleError, status: int | None = None) -> JSONResponse:
     """The structured JSON error body every failure is answered with."""
     return _ErrorResponse({"error": error.to_dict()}, status_code=status or _status(error))
-
-
-class Answered(WireFormatError):
-    """A WireFormatError answered with its own HTTP status; clients see a WireFormatError."""
-
-    status = 400
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "type": WireFormatError.__name__}
-
-
-class TooLarge(Answered):
-    """Answered 413: the request is over one of the server's size limits."""
-
-    status = 413
-
-
-class Unsupported(Answered):
-    """Answered 415: a content type (or Accept parameter) the server does not speak."""
-
-    status = 415
-
-
-class TimedOut(TransportError):
-    """Answered 504: the call ran past the server's call_timeout; clients see a TransportError."""
-
-    status = 504
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "type": TransportError.__name__}
-
-
-class Saturated(TimedOut):
-    """Answered 503: no worker thread could take the call."""
-
-    status = 503
-
-
-class Limit(NamedTuple):
-    """A size limit of requests: its value and setting, and how to stay under it."""
-
-    value: int
-    setting: str
-    fix: str
-
-
-def too_large(limit: Limit, got: str, path: str = "(body)", unit: str = "bytes") -> TooLarge:
-    """The 413 of a request over `limit`, naming the limit's setting and how to stay under."""
-    return TooLarge(
-        f"{got} at '{path}' exceeds the limit of {limit.value} {unit} ({limit.setting}); "
-        f"{limit.fix}, or raise the server's {limit.setting} "
-        f"(chainrule serve --{limit.setting.replace('_', '-')})",
-        errors=[{"path": path, "expected": f"<= {limit.value} {unit}", "got": got}],
-    )
 
 
 async def read_body(
@@ -232,12 +174,13 @@ class PartsResponse(Response):
             await send({"type": "http.response.body", "body": part, "more_body": i < last})
 
 
-class FastPath:
-    """ASGI middleware answering the endpoint routes directly.
+class Router:
+    """The app's router: answers the endpoint routes (`POST /<endpoint>`) itself and passes
+    every other request to the FastAPI app behind it.
 
-    FastAPI's routing, dependency solving and middleware cost ~0.2 ms per request, a large share
-    of a small call; the endpoint routes stay registered (for /openapi.json and /docs) but
-    requests to them are answered here, with the same handler.
+    This is how requests are served, not a bypass: FastAPI's routing, dependency solving and
+    middleware cost ~0.2 ms per request, a large share of a small call, so the FastAPI app only
+    describes the endpoint routes (for /openapi.json and /docs) and serves the others.
     """
 
     def __init__(self, app: Any, routes: dict[str, Answer]):

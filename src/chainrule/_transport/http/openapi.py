@@ -1,9 +1,10 @@
 """The OpenAPI document and the documentation pages of a served component.
 
 The request body of every endpoint is described by a model built from the component's input
-schema; `/docs` (Swagger UI) and `/redoc` load their scripts and styles from this server
-(assets shipped by the `fastapi-offline` package), so they work offline and on air-gapped
-clusters, where FastAPI's default pages, loaded from a CDN, stay blank.
+schema and the endpoint's row (`chainrule._component.endpoints`); `/docs` (Swagger UI) and
+`/redoc` load their scripts and styles from this server (assets shipped by the
+`fastapi-offline` package), so they work offline and on air-gapped clusters, where FastAPI's
+default pages, loaded from a CDN, stay blank.
 """
 
 from __future__ import annotations
@@ -31,18 +32,11 @@ def app_with_docs(title: str, description: str) -> FastAPI:
 
 
 def _request_model(component: Component, name: str) -> type[BaseModel]:
-    """A model of the request body of endpoint `name` (for the OpenAPI document)."""
-    kinds: dict[str, Any] = {
-        "keep": (bool, False),
-        "tangents": (dict[str, Any], ...),
-        "cotangents": (dict[str, Any], ...),
-        "of": (list[str] | str | None, None),
-        "wrt": (list[str] | str | None, None),
-        "handle": (str | None, None),
+    """A model of the request body of endpoint `name` (for the OpenAPI document), from its
+    row: `inputs` and each keyword with its annotation, required or with its default."""
+    fields: dict[str, Any] = {
+        k.name: (k.annotation, ... if k.required else k.default) for k in ENDPOINTS[name].keywords
     }
-    if name == "hvp":  # output weights, or `of` one scalar output
-        kinds["cotangents"] = (dict[str, Any] | None, None)
-    fields = {k: kinds[k] for k in ENDPOINTS[name].request}
     model: type[BaseModel] = create_model(
         f"{name.title().replace('_', '')}Request", inputs=(component.inputs, ...), **fields
     )

@@ -23,8 +23,9 @@ from typing import Any
 from chainrule._component.component import Component
 from chainrule._schema.errors import LaunchError
 from chainrule._transport.launch.env import entry_path, load_spec
+from chainrule._transport.settings import ServerSettings, is_loopback
 
-from .app import ServerSettings, asgi_app, is_loopback
+from .app import asgi_app
 
 __all__ = [
     "Server",

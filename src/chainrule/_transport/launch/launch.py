@@ -313,7 +313,7 @@ class Launched:
                 _kill_group(self.process)
             self._note("restarting the server on request")
             self._stopped.clear()
-            _LIVE.add(self)
+            _live(self)
             self._boot()
             self.restarts += 1
             if self._supervisor is not None and not self._supervisor.is_alive():
@@ -372,14 +372,40 @@ def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session=True
 
 
-# Servers still running at interpreter exit are stopped, so none is left orphaned.
+# Servers still running at interpreter exit are stopped, so none is left orphaned. The exit
+# hook is installed by the first launch, not when chainrule is imported.
 _LIVE: set[Launched] = set()
 
 
-@atexit.register
 def _stop_all() -> None:
     for launched in list(_LIVE):
         launched.stop()
+
+
+@functools.cache
+def _stop_all_at_exit() -> None:
+    atexit.register(_stop_all)
+
+
+def _live(launched: Launched) -> None:
+    """Stop `launched` at interpreter exit unless it is stopped before."""
+    _stop_all_at_exit()
+    _LIVE.add(launched)
+
+
+def venv_runtime(
+    root: Path,
+    spec: ComponentSpec,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    quiet: bool,
+    workers: int,
+) -> tuple[CommandFactory, Path]:
+    """How `launch` runs a folder by default: its server in the folder's own environment
+    (built or found cached by `build_env`); the command factory and that environment's
+    python. Another way to start the server (a container) is another such function."""
+    python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
+    return functools.partial(server_command, python, root, spec, workers=workers), python
 
 
 def launch(
@@ -425,14 +451,15 @@ def launch(
     spec = load_spec(root)
     python = None
     if _command is None:
-        python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
-        _command = functools.partial(server_command, python, root, spec, workers=workers)
+        _command, python = venv_runtime(
+            root, spec, cache_dir=cache_dir, quiet=quiet, workers=workers
+        )
     launched = Launched(
         spec, _command, folder=root, host=host, port=port or free_port(host),
         startup_timeout=startup_timeout, client_factory=client_factory,
     )  # fmt: skip
     launched._registry, launched._python = cache_root(cache_dir), python
-    _LIVE.add(launched)
+    _live(launched)
     try:
         launched._boot()
     except BaseException:

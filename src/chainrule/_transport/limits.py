@@ -13,19 +13,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from chainrule._component.endpoints import ENDPOINTS
 from chainrule._transport import wire as _wire
 from chainrule._transport.wire.decoder import declared_elements
 
-from .edge import Limit, too_large
+from .refusals import Limit, too_large
 
 if TYPE_CHECKING:
-    from .app import ServerSettings
+    from .settings import ServerSettings
 
-__all__ = ["Limits", "check_work", "limits_of"]
-
-
-# The batched endpoints and the request keyword holding their batch.
-_BATCHED = {"batched_jvp": "tangents", "batched_vjp": "cotangents"}
+__all__ = ["Limits", "check_work", "declared_in", "limits_of"]
 
 
 class Limits(NamedTuple):
@@ -61,7 +58,7 @@ def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) ->
         path, largest = _largest(req, "")
         got = f"arrays declaring {declared} elements ({largest} in the largest)"
         raise too_large(elements, got, path, "elements")
-    key = _BATCHED.get(name)
+    key = _batch_keyword(name)
     if key is None:
         return
     rows = {path: _rows(value) for path, value in req[key].items()}
@@ -104,3 +101,23 @@ def _elements(tree: Any) -> int:
             return sum(_elements(value) for value in tree)
         return len(tree) * _elements(tree[0])
     return 1
+
+
+def _batch_keyword(name: str) -> str | None:
+    """The request keyword holding the batch of a batched endpoint (None: not batched)."""
+    row = ENDPOINTS[name]
+    if not row.batched:
+        return None
+    return next(k.name for k in row.keywords if k.role in ("tangents", "cotangents"))
+
+
+def declared_in(tree: Any) -> int:
+    """The elements the arrays of a request tree declare, counted as the wire decoder counts
+    them (a 0-length dimension as 1): for transports that hand over trees, not bodies."""
+    if isinstance(tree, np.ndarray):
+        return declared_elements(tree.shape)
+    if isinstance(tree, dict):
+        return sum(declared_in(value) for value in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(declared_in(value) for value in tree)
+    return 0

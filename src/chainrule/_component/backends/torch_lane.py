@@ -1,0 +1,117 @@
+"""The torch backend's `Lane`: `apply(keep)` and `vjp` of one call site of a framework binding
+(jitted JAX calling a torch component back on the host), on the site's numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from chainrule._component.residuals import Residual
+from chainrule._schema.schema import passthrough
+from chainrule._schema.tree import flat_fields, replace_leaves
+
+from .base import as_outputs
+from .torch_graph import DTYPES, Graph, numpy_views, owned, to_torch
+
+if TYPE_CHECKING:
+    from chainrule._component.component import Component
+
+__all__ = ["HostLane"]
+
+Tree = dict[str, Any]
+
+
+class HostLane:
+    """`apply(keep)` and `vjp` of a torch component called back from jitted JAX code.
+
+    JAX has fixed the shape and dtype of every input before a callback runs, so the generic
+    endpoints' work (a validated Point, template rebuilds, output validation, the tangent
+    checks) is redundant there. Only for flat schemas (static outputs are not returned to JAX,
+    so they are not checked here); outputs that are not exactly the declared tensors are
+    validated the generic way, without running the function again.
+    """
+
+    def __init__(
+        self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
+    ) -> None:
+        self.component = component
+        self.fn = component.fn
+        self.in_paths, self.out_paths = in_paths, out_paths
+        specs = {n: s for n, s in flat_fields(component.inputs) or () if s is not None}
+        self.diff = tuple(p for p in in_paths if specs[p].differentiable)
+        out_specs = {n: s for n, s in flat_fields(component.outputs) or () if s is not None}
+        self.out_diff = {p: out_specs[p].differentiable for p in out_paths}
+        self.out_dtypes = [DTYPES.get(np.dtype(out_specs[p].dtype)) for p in out_paths]
+
+    @staticmethod
+    def usable(component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]) -> bool:
+        """Whether the lane serves calls with these array paths."""
+        ins, outs = flat_fields(component.inputs), flat_fields(component.outputs)
+        if ins is None or outs is None:
+            return False
+        in_arrays = {n for n, s in ins if s is not None}
+        out_arrays = {n for n, s in outs if s is not None}
+        return set(in_paths) == in_arrays and set(out_paths) == out_arrays
+
+    def apply(
+        self, template: Any, arrays: Sequence[np.ndarray], keep: bool
+    ) -> tuple[list[np.ndarray], Residual | None]:
+        """Run the function on `arrays` (the inputs' other fields from `template`): the output
+        arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
+        convert = owned if keep else to_torch  # a kept graph holds its own copies
+        tensors = {p: convert(a) for p, a in zip(self.in_paths, arrays, strict=True)}
+        leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
+        inputs = replace_leaves(template, {**tensors, **leaves})
+        comp = self.component
+        grad = torch.enable_grad() if keep else torch.no_grad()
+        with comp.errors("apply"), grad, passthrough():
+            out = as_outputs(self.fn(inputs), comp.outputs, comp.name)
+        given = [out.__dict__[p] for p in self.out_paths]
+        if all(
+            isinstance(v, torch.Tensor) and v.dtype == d and v.device.type == "cpu"
+            for v, d in zip(given, self.out_dtypes, strict=True)
+        ):
+            result = [v.detach().numpy() for v in given]
+        else:
+            result = self._validated(out, template, arrays)
+        if not keep:
+            return result, None
+        # The graph keeps the tensors the function returned (not converted copies), so the
+        # backward pass reaches the inputs.
+        diff: Tree = {}
+        rest: Tree = {}
+        for p, v in zip(self.out_paths, given, strict=True):
+            if self.out_diff[p]:
+                diff[p] = to_torch(v)
+            else:
+                rest[p] = to_torch(v).detach()
+        graph = Graph(leaves, diff, rest)
+        const = {p: t for p, t in tensors.items() if p not in leaves}
+        return result, Residual(graph, graph.nbytes(const), None)
+
+    def _validated(self, out: Any, template: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs that are not exactly the declared CPU tensors, as numpy arrays converted (or
+        refused) by the component's own output check."""
+        inputs = replace_leaves(template, dict(zip(self.in_paths, arrays, strict=True)))
+        given = {p: out.__dict__[p] for p in self.out_paths}
+        detached = {p: v.detach() if isinstance(v, torch.Tensor) else v for p, v in given.items()}
+        raw = replace_leaves(out, numpy_views(detached))
+        checked = self.component.validate_outputs(raw, self.component.at(inputs))
+        return [np.asarray(checked.__dict__[p]) for p in self.out_paths]
+
+    @staticmethod
+    def owns(residual: Residual | None) -> bool:
+        """Whether `vjp` can answer from `residual` (a kept autograd graph)."""
+        return residual is not None and isinstance(residual.data, Graph)
+
+    def vjp(
+        self, residual: Residual, cts: dict[str, np.ndarray], wrt: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """Cotangents of `wrt` from the graph a kept `apply` recorded."""
+        graph = residual.data
+        with self.component.errors("vjp"):
+            grads = graph.vjp({k: to_torch(v) for k, v in cts.items()}, wrt, batched=False)
+        return {k: v.numpy() for k, v in grads.items()}
