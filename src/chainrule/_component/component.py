@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, overload
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, NoReturn, overload
 
 import numpy as np
 
@@ -155,7 +156,8 @@ class Component:
         """Validate `inputs` (a dict, or an instance of the input schema) into a `Point`."""
         if isinstance(inputs, Point):
             return inputs
-        return Point(self, validate.inputs(self, inputs))
+        exact = validate.construct_exact(self.inputs, inputs)  # the common case, first
+        return Point(self, exact if exact is not None else validate.inputs(self, inputs))
 
     def traced_inputs(self, inputs: Any, binding: str) -> Schema:
         """Inputs for a framework binding: validated like `point`, except that framework arrays
@@ -183,24 +185,23 @@ class Component:
             grads = comp.call("vjp", {"x": x}, cotangents={"y": ct})  # as comp.vjp(...)
             ```
         """
-        row = self._row(endpoint, request)
+        row = ENDPOINTS.get(endpoint)
+        if row is None or not row.names.issuperset(request):
+            self._refuse(endpoint, request)
         return self._call(row, self.point(inputs), request)
 
-    def _row(self, endpoint: str, request: Mapping[str, Any]) -> Endpoint:
+    def _refuse(self, endpoint: str, request: Mapping[str, Any]) -> NoReturn:
         row = ENDPOINTS.get(endpoint)
         if row is None:
             raise EndpointUnavailableError(
                 f"component '{self.name}' has no endpoint {endpoint!r}; endpoints are "
                 f"{sorted(ENDPOINTS)}"
             )
-        unknown = request.keys() - set(row.request)
-        if unknown:
-            raise ValidationError(
-                f"{endpoint} of component '{self.name}' takes {list(row.request)}, "
-                f"not {sorted(unknown)}",
-                errors=[{"path": k, "expected": list(row.request), "got": k} for k in unknown],
-            )
-        return row
+        unknown = sorted(request.keys() - row.names)
+        raise ValidationError(
+            f"{endpoint} of component '{self.name}' takes {list(row.request)}, not {unknown}",
+            errors=[{"path": k, "expected": list(row.request), "got": k} for k in unknown],
+        )
 
     def _call(self, row: Endpoint, p: Point, request: Mapping[str, Any]) -> Any:
         if row.result == "outputs":
@@ -218,7 +219,7 @@ class Component:
             return {o: {} for o in given["of"]}  # an empty Jacobian: no backend builds one
         return self.run(row.name, p, res, **given)
 
-    def _unavailable(self, endpoint: str) -> None:
+    def _unavailable(self, endpoint: str) -> NoReturn:
         raise EndpointUnavailableError(
             f"component '{self.name}' ({self.backend.name} backend) has no {endpoint} and "
             f"none can be derived from what it has ({sorted(self.impls)}); define one "
@@ -375,7 +376,6 @@ class Component:
         impl = self.impls.get(endpoint)
         if impl is None:
             self._unavailable(endpoint)
-            raise AssertionError("unreachable")
         checking = finite.active()
         if checking:
             dispatch.check_given(self.name, endpoint, p, request)
@@ -403,12 +403,10 @@ class Component:
         numpy arrays, without a Point (`backends.base.Lane`); None if the backend has none."""
         return self.backend.host_lane(self, tuple(in_paths), tuple(out_paths))
 
-    @contextlib.contextmanager
-    def errors(self, endpoint: str) -> Iterator[None]:
+    def errors(self, endpoint: str) -> AbstractContextManager[None]:
         """Count a call of `endpoint` and turn what the author's code raises inside the block
         into chainrule's errors (`ComponentError` chaining the original, ...)."""
-        with dispatch.guard(self.name, self.calls, endpoint):
-            yield
+        return dispatch.guard(self.name, self.calls, endpoint)
 
     def validate_outputs(self, raw: Any, p: Point) -> Schema:
         """What the function returned at `p` as a validated output instance (the one check)."""

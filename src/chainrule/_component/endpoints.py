@@ -22,6 +22,7 @@ author's function); the rules that derive one endpoint from another are in `rule
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,6 +131,11 @@ class Endpoint:
     def request(self) -> tuple[str, ...]:
         """The names of its request keywords (besides `inputs`)."""
         return tuple(k.name for k in self.keywords)
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """The names of its request keywords, as a set (checked on every call)."""
+        return frozenset(self.request)
 
     def answer_keys(self, request: Mapping[str, Any]) -> tuple[str, ...]:
         """The keys of the answer to `request` over a transport (see `Result`)."""
