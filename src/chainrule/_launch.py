@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
@@ -161,6 +161,7 @@ class Launched:
         port: int,
         startup_timeout: float,
         client_factory: Callable[[str], Component] | None = None,
+        lifeline: bool = False,
     ) -> None:
         self.spec, self.folder = spec, folder
         self.host, self.port, self.startup_timeout = host, port, startup_timeout
@@ -176,6 +177,9 @@ class Launched:
         # Where `chainrule env ps` finds it (set by launch), and its environment's python.
         self._registry: Path | None = None
         self._python: Path | None = None
+        # With a lifeline, the process's stdin is a pipe only we hold: it reads end of file
+        # once we are gone, however we went (a container's watcher then removes it).
+        self._lifeline: int | None = -1 if lifeline else None
 
     def __repr__(self) -> str:
         state = "alive" if self.alive() else "stopped"
@@ -195,17 +199,37 @@ class Launched:
 
     def _spawn(self) -> subprocess.Popen[str]:
         """Start the server process in its own process group, its output piped into the log."""
-        proc = subprocess.Popen(
-            self._command(self.host, self.port), cwd=self.folder, env=_server_env(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", start_new_session=True,
-        )  # fmt: skip
+        stdin = self._new_lifeline()
+        try:
+            proc = subprocess.Popen(
+                self._command(self.host, self.port), cwd=self.folder, env=_server_env(),
+                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, errors="replace", start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if stdin != subprocess.DEVNULL:
+                os.close(stdin)
         assert proc.stdout is not None  # stdout=PIPE guarantees it
         threading.Thread(
             target=self._log.pump, args=(proc.stdout,), name=f"chainrule-log-{self.spec.name}",
             daemon=True,
         ).start()  # fmt: skip
         return proc
+
+    def _new_lifeline(self) -> int:
+        """The next process's stdin: DEVNULL, or the read end of a new lifeline (the previous
+        one cut). Pipes are created non-inheritable: no other child holds our end."""
+        if self._lifeline is None:
+            return subprocess.DEVNULL
+        self._cut_lifeline()
+        read, self._lifeline = os.pipe()
+        return read
+
+    def _cut_lifeline(self) -> None:
+        if self._lifeline is not None and self._lifeline >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lifeline)
+            self._lifeline = -1
 
     def _wait_healthy(self, proc: subprocess.Popen[str]) -> None:
         """Poll `GET /health` every 0.1 s until 200; `_StartFailed` on exit, timeout or stop."""
@@ -320,6 +344,7 @@ class Launched:
     def stop(self) -> None:
         """Stop the server: SIGTERM to its process group, SIGKILL after 5 s. Idempotent."""
         self._stopped.set()
+        self._cut_lifeline()
         supervisor = self._supervisor
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(timeout=self.startup_timeout + _STOP_GRACE)
@@ -391,6 +416,9 @@ def launch(
     cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     client_factory: Callable[[str], Component] | None = None,
+    runtime: str = "uv",
+    gpus: str | None = None,
+    mounts: Sequence[str] = (),
     _command: CommandFactory | None = None,
 ) -> Launched:
     """Run a component folder's server in its own environment.
@@ -407,6 +435,11 @@ def launch(
         quiet: do not echo uv's progress while building the environment.
         client_factory: makes the client returned by `with launch(...) as comp`
             (default `chainrule.connect`).
+        runtime: `"uv"` runs the server in the folder's own environment; `"podman"` or
+            `"docker"` in the folder's container image, built first if it is missing or
+            out of date (see `chainrule build` and docs/guide/containers.md).
+        gpus: containers only: `"all"` or device indices `"0,1"` passed through.
+        mounts: containers only: bind mounts `"host_path:container_path[:ro]"`.
         _command: tests only: builds the server argv from (host, port); the environment
             is then not built.
 
@@ -422,12 +455,19 @@ def launch(
     root = Path(folder).resolve()
     spec = load_spec(root)
     python = None
-    if _command is None:
+    if runtime != "uv" or gpus is not None or mounts:  # ---- in a container (issue 16)
+        from . import _container
+
+        _command = _command or _container.prepare(
+            root, spec, runtime, workers=workers, quiet=quiet, gpus=gpus, mounts=mounts
+        )
+    elif _command is None:
         python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
         _command = functools.partial(server_command, python, root, spec, workers=workers)
     launched = Launched(
         spec, _command, folder=root, host=host, port=port or free_port(host),
         startup_timeout=startup_timeout, client_factory=client_factory,
+        lifeline=runtime != "uv",
     )  # fmt: skip
     launched._registry, launched._python = cache_root(cache_dir), python
     _LIVE.add(launched)
