@@ -38,6 +38,8 @@ from chainrule._container import OWNER_LABEL, Runtime, find_runtime
 from chainrule._env import load_spec
 from chainrule._image import Built, build_image, default_tag, ensure_image
 from chainrule._launch import Launched, launch
+from test_docs_site import CONTAINER_SNIPPETS
+from test_docs_site import _run as run_snippet
 
 pytestmark = [pytest.mark.containers, pytest.mark.usefixtures("x64")]
 
@@ -181,7 +183,7 @@ def test_a_code_edit_rebuilds_only_the_code_layer(podman: Runtime, workdir: Path
     folder = component_folder(workdir, "numpy2", name="numpy2_edit")
     first = build_image(folder, runtime=podman, quiet=True)
     component = folder / "component.py"
-    edit = f"x**2  # edited {uuid.uuid4().hex}"  # a one-line edit never built before
+    edit = f"x**2 + 0 * {uuid.uuid4().int % 10**9}"  # a one-line edit never built before
     component.write_text(component.read_text().replace("x**2", edit))
     second = build_image(folder, runtime=podman, quiet=True)
     # the base, requirements and chainrule layers come from the cache; only the code is new
@@ -478,3 +480,14 @@ def test_the_docker_code_path(docker: Runtime, podman: Runtime, workdir: Path) -
         np.testing.assert_allclose(comp.vjp({"x": x}, {"y": [1.0, 1.0]})["x"], 2 * x, rtol=1e-6)
         assert [n for n in running(podman, os.getpid()) if "numpy2_docker" in n]
     assert wait_for(lambda: not [n for n in running(podman) if "numpy2_docker" in n], 30)
+
+
+# ---- the guide's snippets -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", CONTAINER_SNIPPETS, ids=lambda p: p.name)
+def test_the_guides_container_snippets_run(script: Path, podman: Runtime, tmp_path: Path) -> None:
+    result = run_snippet(script, tmp_path)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    guide = (ROOT / "docs" / "guide" / "containers.md").read_text()
+    assert f'--8<-- "{script.name}' in guide

@@ -248,3 +248,34 @@ def test_the_watcher_removes_the_container_on_sigterm(tmp_path: Path) -> None:
     os.close(write)
     os.killpg(watcher.pid, 9)
     watcher.wait()
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([str(FIXTURES / "numpy2"), "--mount", "/tmp:/x"], "--mount apply to --image IMAGE only"),
+        ([], "give what to serve: file.py:object, module:object or a folder, or --image"),
+        ([str(FIXTURES / "numpy2"), "--image", "x:1"], "(not both)"),
+    ],
+)
+def test_serve_says_what_image_options_need(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from chainrule._cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split())
+
+
+def test_build_reports_errors_and_exits_1(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from chainrule._cli import app
+
+    result = CliRunner().invoke(app, ["build", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "LaunchError" in result.output and "no chainrule.toml" in result.output

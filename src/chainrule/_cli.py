@@ -157,7 +157,7 @@ def serve(
     if parent_pid is not None:
         stop_with_parent(parent_pid)  # first: the parent may go while the component imports
     try:
-        if image is not None or target is None:  # ---- in a container (issue 16)
+        if image is not None or target is None or runtime or gpus or mount:  # issue 16
             _serve_image(ctx, image, target, runtime, gpus, mount)
         assert target is not None  # _serve_image exits otherwise
         folder = _own_env_folder(target, current_env)
@@ -201,6 +201,8 @@ def _serve_image(
     """`serve --image`: the image's server in a container, with the other serve options."""
     from ._container import serve_image
 
+    if image is None and target is not None:
+        raise ChainruleError("--runtime, --gpus and --mount apply to --image IMAGE only")
     if image is None or target is not None:
         raise ChainruleError(
             "give what to serve: file.py:object, module:object or a folder, or --image IMAGE "
