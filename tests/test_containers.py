@@ -456,7 +456,11 @@ def docker(podman: Runtime, workdir: Path) -> Iterator[Runtime]:
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     if shutil.which("docker") is None:
-        (bin_dir / "docker").write_text(f'#!/bin/sh\nexec {podman.exe} --url "$DOCKER_HOST" "$@"\n')
+        remote = f'{podman.exe} --url "$DOCKER_HOST"'
+        version = '--format "{{.Version.Version}}"'  # docker info's template is not podman's
+        (bin_dir / "docker").write_text(
+            f'#!/bin/sh\n[ "$1" = info ] && exec {remote} info {version}\nexec {remote} "$@"\n'
+        )
         (bin_dir / "docker").chmod(0o755)
     try:
         assert wait_for(sock.exists, timeout=30)
@@ -491,3 +495,19 @@ def test_the_guides_container_snippets_run(script: Path, podman: Runtime, tmp_pa
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     guide = (ROOT / "docs" / "guide" / "containers.md").read_text()
     assert f'--8<-- "{script.name}' in guide
+
+
+def test_a_killed_container_is_restarted_and_the_next_call_succeeds(
+    podman: Runtime, numpy2: tuple[Path, Built]
+) -> None:
+    launched = launch(numpy2[0], runtime="podman", quiet=True)
+    with launched as comp:
+        x = np.array([0.5, 2.0])
+        np.testing.assert_array_equal(comp.apply({"x": x}).y, x**2)
+        [first] = [n for n in running(podman, os.getpid()) if n.startswith("chainrule-numpy2-")]
+        podman.run("kill", first)
+        # the supervisor starts a new container on the same port; the client retries the call
+        np.testing.assert_array_equal(comp.apply({"x": x}).y, x**2)
+        assert launched.restarts == 1
+        assert first not in running(podman, os.getpid())
+    assert wait_for(lambda: not [n for n in running(podman, os.getpid()) if "numpy2-" in n])
