@@ -8,7 +8,7 @@ One run measures, with podman on this machine:
 - a rebuild after a one-line edit of the component's code;
 - start to first answer: `launch(folder, runtime="podman")` until the first `apply` returned,
   against `launch(folder)` (its uv environment cached), interleaved rounds; and the uv launch
-  from an environment without bytecode (what it was before `--compile-bytecode`);
+  from the environment as it was built before `--compile-bytecode`;
 - the median small call (`apply` of 10 float64) through each;
 - writing the OCI archive.
 
@@ -93,11 +93,14 @@ def _first_answer(start: Callable[[], cr.Launched]) -> tuple[float, float]:
 
 
 def _strip_bytecode(venv: Path) -> Path:
-    """A copy of a cached environment without bytecode (as uv leaves one by default)."""
+    """A copy of a cached environment as it was built before `--compile-bytecode`: uv
+    compiles nothing, and only the import check after the build (`python -I`, which writes
+    bytecode whatever PYTHONDONTWRITEBYTECODE says) left bytecode of what it imports."""
     bare = venv.parent / f"bare-{venv.name}"
     shutil.copytree(venv, bare, symlinks=True)
     for cache in bare.rglob("__pycache__"):
         shutil.rmtree(cache)
+    assert _env.env_problem(bare, check="import") is None
     return bare
 
 
@@ -179,8 +182,9 @@ def main() -> None:
                 _first_answer(lambda: cr.launch(numpy, cache_dir=cache, quiet=True))
             )
             results["uv-bare"].append(_first_answer(lambda: _uv_bare(numpy, cache)))
-        for name, label in [("podman", "container (podman)"), ("uv", "uv environment"),
-                            ("uv-bare", "uv environment without bytecode")]:  # fmt: skip
+        labels = {"podman": "container (podman)", "uv": "uv environment",
+                  "uv-bare": "uv environment built as before (no --compile-bytecode)"}  # fmt: skip
+        for name, label in labels.items():
             firsts = sorted(r[0] for r in results[name])
             calls = sorted(r[1] for r in results[name])
             spread = f"{firsts[0]:.2f}–{firsts[-1]:.2f} s"

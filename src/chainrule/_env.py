@@ -391,8 +391,9 @@ def _create(spec: ComponentSpec, target: Path, *, quiet: bool) -> None:
         fix=_MSG_NO_PYTHON.format(version=version),
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="chainrule-wheel-") as tmp:
-        # Bytecode compiled now: a server then starts about twice as fast (measured; uv does
-        # not compile by default, and PYTHONDONTWRITEBYTECODE keeps Python from caching it).
+        # Bytecode compiled now: uv compiles nothing by default, and where Python may not
+        # cache it (PYTHONDONTWRITEBYTECODE) every start compiled what the import check below
+        # had not loaded: 0.74 -> 0.53 s from launch to the first answer (measured).
         run_uv(
             [uv, "pip", "install", "--python", str(_venv_python(target)), "--compile-bytecode",
              *_chainrule_source(Path(tmp)), *spec.requirements],

@@ -58,6 +58,7 @@ CONTEXT_LABEL = "org.chainrule.context"
 BUILD_DIR = "/.chainrule-build"
 _TOOLS = ".chainrule"  # docker: uv and the CA bundle in the context, mounted from there
 _TAIL_LINES = 40
+_BUILDKIT_STEP = re.compile(r"^#\d+ \[(?:\S+ )?\d+/\d+\] ")
 _IGNORE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"
 )
@@ -303,8 +304,10 @@ def _run_build(argv: list[str], *, quiet: bool, what: str) -> tuple[int, int]:
         assert proc.stdout is not None  # stdout=PIPE guarantees it
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
-            steps += line.startswith("STEP ")
-            cached += line.startswith("--> Using cache") or " CACHED" in line
+            # podman and buildah: "STEP 3/15: ...", "--> Using cache"; BuildKit: "#7 [3/9] ...",
+            # "#7 CACHED"
+            steps += line.startswith("STEP ") or _BUILDKIT_STEP.match(line) is not None
+            cached += line.startswith("--> Using cache") or line.rstrip().endswith(" CACHED")
             if not quiet:
                 sys.stderr.write(line)
     if proc.returncode != 0:
