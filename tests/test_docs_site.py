@@ -30,7 +30,9 @@ TIMEOUT = 120.0
 # A guide page's code blocks are all includes; the older reference pages are checked elsewhere
 # (docs/wire-format.md by tests/test_wire.py).
 GUIDE_PAGES = sorted([DOCS / "index.md", *(DOCS / "guide").glob("*.md")])
-SCRIPTS = sorted([*SNIPPETS.glob("*.py"), *SNIPPETS.glob("*.sh")])
+# Snippets that need a container runtime run in tests/test_containers.py (marked `containers`).
+CONTAINER_SNIPPETS = sorted([*SNIPPETS.glob("containers_*.py"), *SNIPPETS.glob("containers_*.sh")])
+SCRIPTS = sorted({*SNIPPETS.glob("*.py"), *SNIPPETS.glob("*.sh")} - {*CONTAINER_SNIPPETS})
 INCLUDE = re.compile(r'^\s*-{1,}8<-{1,}\s+"([^"]+)"', re.M)
 FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1", re.M | re.S)
 

@@ -1,5 +1,5 @@
 """The `chainrule` command line (typer + rich): serve, call, schema, check, new; the `env`
-commands are in `env`."""
+commands are in `env`, `build` (container images) in `build`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rich.console import Console
 
 from chainrule._schema.errors import ChainruleError, LaunchError
 
+from .build import build
 from .common import err, fail
 from .env import env_app
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(env_app, name="env")
+app.command("build")(build)  # container images (issue 16)
 
 # A command talks to a server that is running or not: one quick retry covers a connection the
 # server closed, without the long reconnection window a supervised (launched) server gets.
@@ -71,7 +73,9 @@ def _jsonable(tree: Any) -> Any:
 @app.command()
 def serve(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="file.py:object, module:object or a folder")],
+    target: Annotated[
+        str | None, typer.Argument(help="file.py:object, module:object or a folder")
+    ] = None,
     host: Annotated[str, typer.Option(help="interface; non-loopback needs --token")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8000,
     token: Annotated[
@@ -121,11 +125,26 @@ def serve(
         int | None,
         typer.Option(help="stop the server when process PID exits (launch passes its own)"),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="serve a component image (chainrule build) in a container instead"),
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="with --image: podman or docker (default: podman)")
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="with --image: GPUs to pass through, 'all' or '0,1'")
+    ] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option(help="with --image: a bind mount host_path:container_path[:ro] (repeat)"),
+    ] = None,
 ) -> None:
     """Serve a component over HTTP (POST /apply, /vjp, ...; GET /health, /schema, /docs).
 
     A component folder is served in its own environment, built from its chainrule.toml as
-    `chainrule env build` does (cached); `--current-env` serves it in this one instead.
+    `chainrule env build` does (cached); `--current-env` serves it in this one instead;
+    `--image` serves a component image in a container (the other options go to its server).
     """
     from chainrule._transport.http.serving import (
         check_bind,
@@ -138,6 +157,9 @@ def serve(
     if parent_pid is not None:
         stop_with_parent(parent_pid)  # first: the parent may go while the component imports
     try:
+        if image is not None or target is None or runtime or gpus or mount:  # issue 16
+            _serve_image(ctx, image, target, runtime, gpus, mount)
+        assert target is not None  # _serve_image exits otherwise
         folder = _own_env_folder(target, current_env)
         if folder is not None:
             _exec_in_own_env(ctx, folder)
@@ -166,6 +188,34 @@ def serve(
         serve_forever(component, target, settings, workers=workers, announce=announce)
     except ChainruleError as e:
         fail(e)
+
+
+def _serve_image(
+    ctx: typer.Context,
+    image: str | None,
+    target: str | None,
+    runtime: str | None,
+    gpus: str | None,
+    mounts: list[str] | None,
+) -> None:
+    """`serve --image`: the image's server in a container, with the other serve options."""
+    from chainrule._transport.launch.container import serve_image
+
+    if image is None and target is not None:
+        raise ChainruleError("--runtime, --gpus and --mount apply to --image IMAGE only")
+    if image is None or target is not None:
+        raise ChainruleError(
+            "give what to serve: file.py:object, module:object or a folder, or --image IMAGE "
+            "(not both)"
+        )
+    unset = dict.fromkeys(("token", "parent_pid", *_IMAGE_OPTIONS))
+    args = _command_line(ctx, target="", current_env=False, **unset)[1:]  # after the target
+    token = ctx.params.get("token")
+    code = serve_image(image, args, runtime=runtime, gpus=gpus, mounts=mounts or (), token=token)
+    raise typer.Exit(code)
+
+
+_IMAGE_OPTIONS = ("image", "runtime", "gpus", "mount")
 
 
 def _own_env_folder(target: str, current_env: bool) -> Path | None:
@@ -204,7 +254,8 @@ def _exec_in_own_env(ctx: typer.Context, folder: Path) -> None:
     token = ctx.params.get("token")
     if token:  # through the environment: a command line is visible to every user (ps)
         env["CHAINRULE_TOKEN"] = token
-    argv = [str(python), "-m", "chainrule", "serve", *_command_line(ctx, target=entry, token=None)]
+    args = _command_line(ctx, target=entry, token=None, **dict.fromkeys(_IMAGE_OPTIONS))
+    argv = [str(python), "-m", "chainrule", "serve", *args]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(python, argv, env)

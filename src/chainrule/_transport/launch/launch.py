@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
@@ -35,6 +35,7 @@ from chainrule._schema.errors import LaunchError
 
 from . import servers as _servers
 from .env import ComponentSpec, build_env, cache_root, entry_path, load_spec
+from .lifeline import Lifeline
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component
@@ -163,6 +164,7 @@ class Launched:
         port: int,
         startup_timeout: float,
         client_factory: Callable[[str], Component] | None = None,
+        lifeline: bool = False,
     ) -> None:
         self.spec, self.folder = spec, folder
         self.host, self.port, self.startup_timeout = host, port, startup_timeout
@@ -178,6 +180,9 @@ class Launched:
         # Where `chainrule env ps` finds it (set by launch), and its environment's python.
         self._registry: Path | None = None
         self._python: Path | None = None
+        # With a lifeline, the process's stdin is a pipe only we hold (a container's watcher
+        # removes the container at its end of file); else stdin is /dev/null.
+        self._lifeline = Lifeline() if lifeline else None
 
     def __repr__(self) -> str:
         state = "alive" if self.alive() else "stopped"
@@ -197,11 +202,16 @@ class Launched:
 
     def _spawn(self) -> subprocess.Popen[str]:
         """Start the server process in its own process group, its output piped into the log."""
-        proc = subprocess.Popen(
-            self._command(self.host, self.port), cwd=self.folder, env=_server_env(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", start_new_session=True,
-        )  # fmt: skip
+        stdin = subprocess.DEVNULL if self._lifeline is None else self._lifeline.next_stdin()
+        try:
+            proc = subprocess.Popen(
+                self._command(self.host, self.port), cwd=self.folder, env=_server_env(),
+                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, errors="replace", start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if stdin != subprocess.DEVNULL:
+                os.close(stdin)
         assert proc.stdout is not None  # stdout=PIPE guarantees it
         threading.Thread(
             target=self._log.pump, args=(proc.stdout,), name=f"chainrule-log-{self.spec.name}",
@@ -322,6 +332,8 @@ class Launched:
     def stop(self) -> None:
         """Stop the server: SIGTERM to its process group, SIGKILL after 5 s. Idempotent."""
         self._stopped.set()
+        if self._lifeline is not None:
+            self._lifeline.cut()
         supervisor = self._supervisor
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(timeout=self.startup_timeout + _STOP_GRACE)
@@ -403,7 +415,8 @@ def venv_runtime(
 ) -> tuple[CommandFactory, Path]:
     """How `launch` runs a folder by default: its server in the folder's own environment
     (built or found cached by `build_env`); the command factory and that environment's
-    python. Another way to start the server (a container) is another such function."""
+    python. Another way to start the server (a container: `container.container_runtime`) is
+    another such function."""
     python = build_env(spec, cache_dir=cache_dir, quiet=quiet)
     return functools.partial(server_command, python, root, spec, workers=workers), python
 
@@ -419,6 +432,9 @@ def launch(
     cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     client_factory: Callable[[str], Component] | None = None,
+    runtime: str = "uv",
+    gpus: str | None = None,
+    mounts: Sequence[str] = (),
     _command: CommandFactory | None = None,
 ) -> Launched:
     """Run a component folder's server in its own environment.
@@ -435,6 +451,11 @@ def launch(
         quiet: do not echo uv's progress while building the environment.
         client_factory: makes the client returned by `with launch(...) as comp`
             (default `chainrule.connect`).
+        runtime: `"uv"` runs the server in the folder's own environment; `"podman"` or
+            `"docker"` in the folder's container image, built first if it is missing or
+            out of date (see `chainrule build` and docs/guide/containers.md).
+        gpus: containers only: `"all"` or device indices `"0,1"` passed through.
+        mounts: containers only: bind mounts `"host_path:container_path[:ro]"`.
         _command: tests only: builds the server argv from (host, port); the environment
             is then not built.
 
@@ -450,13 +471,20 @@ def launch(
     root = Path(folder).resolve()
     spec = load_spec(root)
     python = None
-    if _command is None:
+    contained = runtime != "uv" or gpus is not None or bool(mounts)
+    if contained:  # its server in a container (issue 16)
+        from .container import container_runtime
+
+        _command = _command or container_runtime(
+            root, spec, runtime, workers=workers, quiet=quiet, gpus=gpus, mounts=mounts
+        )
+    elif _command is None:
         _command, python = venv_runtime(
             root, spec, cache_dir=cache_dir, quiet=quiet, workers=workers
         )
     launched = Launched(
         spec, _command, folder=root, host=host, port=port or free_port(host),
-        startup_timeout=startup_timeout, client_factory=client_factory,
+        startup_timeout=startup_timeout, client_factory=client_factory, lifeline=contained,
     )  # fmt: skip
     launched._registry, launched._python = cache_root(cache_dir), python
     _live(launched)

@@ -8,6 +8,8 @@ python = "3.11"              # optional; default: the running interpreter's majo
 backend = "torch"            # informational: jax | torch | numpy
 requirements = ["numpy<2"]   # pip requirement strings
 entry = "component.py:band"  # file:object of the component inside the folder
+base = "python:3.11-slim"    # optional: the base image of `chainrule build` (see image.py)
+os_packages = ["libgomp1"]   # optional: Debian packages installed into that image
 ```
 """
 
@@ -20,7 +22,7 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -41,6 +43,9 @@ class ComponentSpec(pydantic.BaseModel):
         backend: informational: which framework the component uses.
         requirements: pip requirement strings installed into its environment.
         entry: `"file.py:object"`, the component object inside the folder.
+        base: the base image of the component's container image (`chainrule build`); None
+            picks one (see `image`).
+        os_packages: Debian packages installed into that image with apt-get.
     """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
@@ -51,6 +56,12 @@ class ComponentSpec(pydantic.BaseModel):
     backend: Literal["jax", "torch", "numpy"] | None = None
     requirements: tuple[str, ...] = ()
     entry: str = pydantic.Field(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+    # Both end up in a Containerfile line: the patterns keep them to one word each.
+    base: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    os_packages: tuple[
+        Annotated[str, pydantic.Field(pattern=r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")],
+        ...,
+    ] = ()
 
     @pydantic.field_validator("requirements")
     @classmethod
@@ -94,6 +105,8 @@ _EXPECTED = {
     "backend": "one of 'jax', 'torch', 'numpy'",
     "requirements": "a list of requirement strings like ['numpy<2']",
     "entry": "'file.py:object' like 'component.py:band'",
+    "base": "an image reference like 'python:3.11-slim'",
+    "os_packages": "a list of Debian package names like ['libgomp1']",
 }
 
 
