@@ -28,11 +28,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pydantic
 import pytest
 
 import chainrule as cr
 import chainrule.jax as crj
 from cases import CASES, build
+from chainrule._component.endpoints import Endpoint
 from chainrule._transport.launch import container as _container
 from chainrule._transport.launch import image as _image
 from chainrule._transport.launch.container import OWNER_LABEL
@@ -225,28 +227,54 @@ def test_os_packages_are_installed(podman: Runtime, workdir: Path) -> None:
 # ---- running ------------------------------------------------------------------------------------
 
 
+def _request(row: Endpoint) -> dict[str, object]:
+    """A request for endpoint `row` at the `vector` case, built from its keywords' roles."""
+    c = {"y": np.array([0.3, 1.0, -1.0]), "s": 0.5}
+    stacked = {
+        "tangents": {"x": np.stack([T, 2 * T])},
+        "cotangents": {"y": np.stack([c["y"], -c["y"]]), "s": np.array([0.5, 1.0])},
+    }
+    examples = {"tangents": {"x": T}, "cotangents": c, "weights": c,
+                **(stacked if row.batched else {})}  # fmt: skip
+    request = {k.name: examples[k.role] for k in row.keywords if k.role in examples}
+    missing = [k.name for k in row.keywords if k.required and k.name not in request]
+    assert not missing, f"endpoint {row.name!r}: no example for required {missing} here"
+    return request
+
+
+def _agree(got: object, want: object) -> None:
+    def leaf(g: object, w: object) -> None:
+        if isinstance(w, np.ndarray | float | int):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)  # type: ignore[arg-type]
+        else:
+            assert g == w
+
+    def plain(tree: object) -> object:  # schema instances as dicts, arrays kept as they are
+        return tree.model_dump() if isinstance(tree, pydantic.BaseModel) else tree
+
+    jax.tree.map(leaf, plain(got), plain(want))
+
+
 def test_every_endpoint_agrees_with_the_in_process_twin(
     vector: tuple[Launched, cr.Component],
 ) -> None:
+    """Every row of the endpoint table (chainrule.ENDPOINTS), run through the container and
+    in process, gives the same answer."""
     launched, remote = vector
     local = build(CASES[0], "numpy")
     inputs = {"x": X, "scale": 1.5}
-    c = {"y": np.array([0.3, 1.0, -1.0]), "s": 0.5}
-    got_apply, want_apply = remote.apply(inputs), local.apply(inputs)
-    np.testing.assert_array_equal(got_apply.y, want_apply.y)
-    assert (got_apply.s, got_apply.n) == (want_apply.s, want_apply.n)
-    pairs = [
-        (remote.jvp(inputs, {"x": T}), local.jvp(inputs, {"x": T})),
-        (remote.vjp(inputs, c), local.vjp(inputs, c)),
-        (remote.jacobian(inputs), local.jacobian(inputs)),
-        (remote.batched_jvp(inputs, {"x": np.stack([T, 2 * T])}),
-         local.batched_jvp(inputs, {"x": np.stack([T, 2 * T])})),
-        (remote.batched_vjp(inputs, {"y": np.stack([c["y"]] * 2), "s": np.array([0.5, 1.0])}),
-         local.batched_vjp(inputs, {"y": np.stack([c["y"]] * 2), "s": np.array([0.5, 1.0])})),
-    ]  # fmt: skip
-    for got, want in pairs:
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14),
-                     got, want)  # fmt: skip
+    answered = []
+    for row in cr.ENDPOINTS.values():
+        request = _request(row)
+        try:
+            want = local.call(row.name, inputs, **request)
+        except cr.ChainruleError as e:  # refused in process: refused the same way remotely
+            with pytest.raises(type(e), match=rf"\b{row.name}\b"):
+                remote.call(row.name, inputs, **request)
+            continue
+        _agree(remote.call(row.name, inputs, **request), want)
+        answered.append(row.name)
+    assert {"apply", "jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp"} <= set(answered)
     assert remote.endpoints["vjp"].startswith("remote")
     assert launched.url.startswith("http://127.0.0.1:")
 

@@ -165,7 +165,8 @@ def test_a_checkout_around_site_packages_is_not_the_source(
     package.mkdir(parents=True)
     (checkout / "pyproject.toml").write_text('[project]\nname = "chainrule"\n')
     (package / "__init__.py").write_text("")
-    monkeypatch.setattr(chainrule, "__file__", str(package / "__init__.py"))
+    here = "_transport/launch/env.py"  # the module finds the checkout from its own file
+    monkeypatch.setattr(_env, "__file__", str(package / here))
     assert _env.source_checkout() is None
-    monkeypatch.setattr(chainrule, "__file__", str(ROOT / "src" / "chainrule" / "__init__.py"))
+    monkeypatch.setattr(_env, "__file__", str(ROOT / "src" / "chainrule" / here))
     assert _env.source_checkout() == ROOT
