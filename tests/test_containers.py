@@ -454,8 +454,10 @@ def test_the_archive_is_an_oci_layout_that_loads_back(
     assert f"blobs/sha256/{manifest['digest'].split(':')[1]}" in names
     # loaded into an empty store, it is the same image: the archive is complete
     scratch = Path(tempfile.mkdtemp(prefix="cr-store-"))  # podman wants a short runroot
+    # the main store's driver: overlay loaded it in 9 s where vfs (a full copy per layer) took 42
+    driver = podman.run("info", "--format", "{{.Store.GraphDriverName}}").stdout.strip()
     store = ["--root", str(scratch / "root"), "--runroot", str(scratch / "run"),
-             "--storage-driver", "vfs"]  # fmt: skip
+             "--storage-driver", driver or "vfs"]  # fmt: skip
     try:
         out = podman.run(*store, "load", "-i", str(archive), timeout=600)
         assert out.returncode == 0 and numpy2[1].tag in out.stdout, out.stderr
