@@ -401,17 +401,22 @@ def test_leftovers_of_dead_launchers_are_swept(podman: Runtime, numpy2: tuple[Pa
         podman.run("rm", "-f", "-t", "0", f"chainrule-sweep-alive-{os.getpid()}")
 
 
-def test_serve_image_from_the_command_line(podman: Runtime, numpy2: tuple[Path, Built]) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_serve_image_from_the_command_line(
+    podman: Runtime, numpy2: tuple[Path, Built], stop: signal.Signals
+) -> None:
+    """`chainrule serve --image` serves with the other options; its container goes with the
+    command, however the command ends (SIGKILL too: the watcher's lifeline closes)."""
     tag = numpy2[1].tag.removeprefix("localhost/")  # the short name works too
     with subprocess.Popen(
         [sys.executable, "-m", "chainrule", "serve", "--image", tag, "--port", "0",
          "--max-batch", "4"], stderr=subprocess.PIPE, text=True, start_new_session=True,
     ) as cli:  # fmt: skip
-        _serve_and_stop(cli)
-    assert wait_for(lambda: not running(podman, cli.pid), timeout=30)
+        _serve_and_stop(cli, stop)
+    assert wait_for(lambda: not running(podman, cli.pid), timeout=30), running(podman)
 
 
-def _serve_and_stop(cli: subprocess.Popen[str]) -> None:
+def _serve_and_stop(cli: subprocess.Popen[str], stop: signal.Signals) -> None:
     try:
         assert cli.stderr is not None
         line = ""
@@ -425,7 +430,7 @@ def _serve_and_stop(cli: subprocess.Popen[str]) -> None:
             remote.batched_vjp({"x": [1.0]}, {"y": np.ones((5, 1))})
         remote.close()
     finally:
-        cli.send_signal(signal.SIGTERM)
+        cli.send_signal(stop)
         cli.wait(timeout=60)
 
 
