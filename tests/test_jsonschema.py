@@ -249,7 +249,10 @@ def mutated(draw: st.DrawFn) -> Any:
                 break
             node = node[key]
         else:
-            if isinstance(node, dict) or (isinstance(node, list) and last < len(node)):
+            # an earlier mutation may have put a list where this path had a dict
+            if isinstance(node, dict) or (
+                isinstance(node, list) and isinstance(last, int) and last < len(node)
+            ):
                 node[last] = draw(JSON)
     return doc
 
