@@ -15,6 +15,7 @@ builds the specs and binds `call_p`.
 from __future__ import annotations
 
 import functools
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,6 +238,42 @@ def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> li
         raise carry(e) from e
 
 
+def _read_only(buffer: Any) -> np.ndarray:
+    """A read-only numpy view of an XLA input buffer (no copy): JAX arrays are immutable, so
+    the host must not write into them (numpy raises if it tries)."""
+    view = np.asarray(buffer)
+    view.flags.writeable = False
+    return view
+
+
+def _buffer_host(host: Callable[..., list[np.ndarray]]) -> Callable[..., None]:
+    """The host as a buffer callback: inputs are views of XLA's buffers, results are copied
+    into XLA's result buffers (its only copy). Nothing may keep an input view past the call
+    (XLA reuses the memory): residuals keep their own copies (`Residual`), and the locals of
+    a failing host's frames are cleared before its error is carried."""
+
+    def callback(ctx: Any, out: Sequence[Any], *args: Any) -> None:
+        try:
+            results = host([_read_only(a) for a in args])
+            for buffer, result in zip(out, results, strict=True):
+                _fill(np.asarray(buffer), result)
+        except Exception as e:
+            traceback.clear_frames(e.__traceback__)
+            raise carry(e) from e
+
+    return callback
+
+
+def _fill(target: np.ndarray, result: Any) -> None:
+    value = np.asarray(result)
+    if value.shape != target.shape or value.dtype != target.dtype:  # copyto would broadcast
+        raise ValueError(
+            f"a host callback answered a {value.dtype}{list(value.shape)} array where JAX "
+            f"expects {target.dtype}{list(target.shape)}"
+        )
+    np.copyto(target, value)
+
+
 def _callback(
     host: Callable[..., list[np.ndarray]], avals: Sequence[Any], args: Sequence[Any]
 ) -> list[Any]:
@@ -254,9 +291,13 @@ class Settings:
     Arguments:
         pure_callback: lower them with `jax.pure_callback` instead of JAX's own emitter (an
             escape hatch; `chainrule.jax` sets it from `CHAINRULE_JAX_PURE_CALLBACK=1`).
+        buffers: lower them with JAX's buffer callback where this JAX has it (the host reads
+            XLA's input buffers without a copy and fills its result buffers); else with JAX's
+            emitter, which copies every input (`CHAINRULE_JAX_EMIT_CALLBACK=1` asks for it).
     """
 
     pure_callback: bool = False
+    buffers: bool = True
 
 
 _SETTINGS = [Settings()]
@@ -271,6 +312,16 @@ def emitter() -> Callable[..., Any] | None:
     """JAX's own host-callback emitter (`compat`), unless `jax.pure_callback` is wanted or
     this JAX lacks the emitter known here."""
     return None if _SETTINGS[0].pure_callback else compat.EMIT_PYTHON_CALLBACK
+
+
+def mode() -> str:
+    """How host callbacks are lowered now: `"buffer"`, `"emit"` or `"pure_callback"`."""
+    settings = _SETTINGS[0]
+    if settings.pure_callback:
+        return "pure_callback"
+    if settings.buffers and compat.BUFFER_CALLBACK is not None:
+        return "buffer"
+    return "emit" if compat.EMIT_PYTHON_CALLBACK is not None else "pure_callback"
 
 
 def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:
@@ -305,7 +356,15 @@ def _define(
     def lowered(*args: Any, **params: Any) -> list[Any]:
         return _callback(host_for(params), avals_of(**params), args)
 
+    def buffered(*args: Any, **params: Any) -> list[Any]:
+        avals = avals_of(**params)
+        shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+        assert compat.BUFFER_CALLBACK is not None
+        return list(compat.BUFFER_CALLBACK(_buffer_host(host_for(params)), shapes)(*args))
+
     def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
+        if mode() == "buffer":
+            return mlir.lower_fun(buffered, multiple_results=True)(ctx, *args, **params)
         emit = emitter()
         if emit is None:
             return mlir.lower_fun(lowered, multiple_results=True)(ctx, *args, **params)

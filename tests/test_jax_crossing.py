@@ -1,0 +1,118 @@
+"""The crossing into JAX (issue 17): how host callbacks reach the component's host code.
+
+Under the pinned JAX the primitives lower to JAX's buffer callback: the host reads XLA's input
+buffers themselves (no copy, read-only) and fills XLA's result buffers. JAX's emitter (which
+copies every input) stays as a fallback, and the transformation tests pass through it too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chainrule as cr
+import chainrule.jax as crj
+from chainrule._bindings.jax import primitives as _primitives
+
+pytestmark = pytest.mark.usefixtures("x64")  # these JAX programs compute in float64
+
+TESTS = Path(__file__).parent
+
+
+class In(cr.Schema):
+    x: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+class Out(cr.Schema):
+    y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
+
+
+def _spy(seen: list[Any], write: bool = False) -> cr.Component:
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="spy")
+    def spy(inputs: In) -> Out:
+        x = inputs.x
+        seen.append((x.__array_interface__["data"][0], x.flags.writeable))
+        if write:
+            x[0] = 99.0
+        return Out(y=np.sin(x))
+
+    @spy.def_vjp
+    def _vjp(inputs: In, cotangents: dict[str, Any]) -> dict[str, Any]:
+        seen.append((inputs.x.__array_interface__["data"][0], inputs.x.flags.writeable))
+        return {"x": np.cos(inputs.x) * cotangents["y"]}
+
+    return spy
+
+
+def test_the_host_reads_xlas_input_buffer_without_a_copy() -> None:
+    assert _primitives.mode() == "buffer", "the buffer callback is not in use"
+    seen: list[Any] = []
+    comp = _spy(seen)
+    x = jnp.linspace(0.0, 1.0, 50_000)
+    f = jax.jit(lambda v: crj.call(comp, {"x": v})["y"])
+    np.testing.assert_array_equal(f(x), np.sin(np.asarray(x)))
+    # the component saw the JAX array's own memory, read-only (JAX arrays are immutable)
+    assert seen == [(x.unsafe_buffer_pointer(), False)]
+
+
+def test_a_host_that_writes_into_its_input_fails_and_leaves_the_jax_array_as_it_was() -> None:
+    comp = _spy([], write=True)
+    x = jnp.linspace(0.0, 1.0, 8)
+    f = jax.jit(lambda v: crj.call(comp, {"x": v})["y"])
+    with pytest.raises(cr.ComponentError, match="read-only"), crj.errors():
+        f(x)
+    np.testing.assert_array_equal(x, np.linspace(0.0, 1.0, 8))
+
+
+def test_gradients_through_zero_copy_buffers_match_finite_differences() -> None:
+    """The forward keeps nothing that points into XLA's buffers (they are reused after the
+    call): jit(grad) over many calls with fresh inputs stays right (float64, central FD)."""
+    seen: list[Any] = []
+    comp = _spy(seen)
+
+    def loss(v: jax.Array) -> jax.Array:
+        y = crj.call(comp, {"x": v * v})["y"]
+        return jnp.sum(crj.call(comp, {"x": y + 1.0})["y"] ** 2)
+
+    g = jax.jit(jax.grad(loss))
+    eps = 1e-6
+    for seed in range(3):
+        x = jax.random.normal(jax.random.key(seed), (6,))
+        d = jax.random.normal(jax.random.key(10 + seed), (6,))
+        fd = (loss(x + eps * d) - loss(x - eps * d)) / (2 * eps)
+        np.testing.assert_allclose(jnp.vdot(g(x), d), fd, rtol=1e-7, atol=1e-9)
+
+
+def test_the_transformation_tests_pass_through_jaxs_emitter_too() -> None:
+    """The fallback to JAX's emitter runs the transformation tests too (the one to
+    jax.pure_callback: `test_jax_binding.test_host_callbacks_skip_pure_callback...`)."""
+    env = "CHAINRULE_JAX_EMIT_CALLBACK"
+    selection = (
+        "value_and_grad or jvp_vjp or vmap or scan or errors_surface"
+        " or writes_into_its_input or zero_copy_buffers or mode_follows"
+    )
+    files = [str(TESTS / "test_jax_binding.py"), __file__]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", selection],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=TESTS.parent,
+        env={**os.environ, env: "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "deselected" in done.stdout
+
+
+def test_the_mode_follows_the_environment() -> None:
+    emit = os.environ.get("CHAINRULE_JAX_EMIT_CALLBACK", "") not in ("", "0")
+    pure = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
+    assert _primitives.mode() == ("pure_callback" if pure else "emit" if emit else "buffer")
