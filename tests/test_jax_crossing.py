@@ -97,7 +97,8 @@ def test_the_transformation_tests_pass_through_jaxs_emitter_too() -> None:
     env = "CHAINRULE_JAX_EMIT_CALLBACK"
     selection = (
         "value_and_grad or jvp_vjp or vmap or scan or errors_surface"
-        " or writes_into_its_input or zero_copy_buffers or mode_follows"
+        " or writes_into_its_input or zero_copy_buffers or mode_follows or leaves_the_jax_array"
+        " or writes_into_the_cotangent or shared_cotangents"
     )
     files = [str(TESTS / "test_jax_binding.py"), __file__]
     done = subprocess.run(
@@ -116,3 +117,57 @@ def test_the_mode_follows_the_environment() -> None:
     emit = os.environ.get("CHAINRULE_JAX_EMIT_CALLBACK", "") not in ("", "0")
     pure = os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
     assert _primitives.mode() == ("pure_callback" if pure else "emit" if emit else "buffer")
+
+
+# ---- torch: XLA's buffers as tensors without a copy ---------------------------------------------
+
+
+def test_a_torch_component_that_writes_into_its_input_leaves_the_jax_array_as_it_was() -> None:
+    """Torch has no read-only tensors: the forward's inputs stay copies of XLA's buffers."""
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="scribble")
+    def scribble(inputs: In) -> Out:
+        return Out(y=inputs.x.mul_(2.0))
+
+    x = jnp.linspace(0.0, 1.0, 50_000)
+    y = jax.jit(lambda v: crj.call(scribble, {"x": v})["y"])(x)
+    np.testing.assert_array_equal(y, 2.0 * np.linspace(0.0, 1.0, 50_000))
+    np.testing.assert_array_equal(x, np.linspace(0.0, 1.0, 50_000))
+
+
+def test_a_backward_hook_that_writes_into_the_cotangent_is_refused() -> None:
+    """Autograd only reads the cotangents, which are XLA's buffers; an author's hook writing
+    into one would change a JAX value, so the vjp fails instead of answering wrong."""
+    import torch
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="hooked")
+    def hooked(inputs: In) -> Out:
+        y = torch.sin(inputs.x)
+        if y.requires_grad:
+            y.register_hook(lambda g: g.mul_(3.0))
+        return Out(y=y)
+
+    c = jnp.ones(4)
+    f = jax.jit(lambda v: jax.vjp(lambda u: crj.call(hooked, {"x": u})["y"], v)[1](c))
+    with pytest.raises(cr.ComponentError, match="wrote in place into 'y'"), crj.errors():
+        f(jnp.linspace(0.0, 1.0, 4))
+    np.testing.assert_array_equal(c, np.ones(4))
+
+
+def test_torch_gradients_through_shared_cotangents_match_finite_differences() -> None:
+    import torch
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="cubic")
+    def cubic(inputs: In) -> Out:
+        return Out(y=torch.tanh(inputs.x) * inputs.x**2)
+
+    def loss(v: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.cos(crj.call(cubic, {"x": v})["y"]))
+
+    g = jax.jit(jax.grad(loss))
+    eps = 1e-6
+    for seed in range(3):
+        x = jax.random.normal(jax.random.key(seed), (7,))
+        d = jax.random.normal(jax.random.key(10 + seed), (7,))
+        fd = (loss(x + eps * d) - loss(x - eps * d)) / (2 * eps)
+        np.testing.assert_allclose(jnp.vdot(g(x), d), fd, rtol=1e-7, atol=1e-9)
