@@ -165,6 +165,22 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
     return result
 
 
+def _host_batched_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """vmap over primals: one `batched_apply` for the batch (every input carries it). It
+    keeps no linearization: the tokens are 0, and a derivative at these points recomputes
+    (per point)."""
+    size = len(arrays[0])
+    batched = list(spec.in_paths)
+    found = spec.component.call("batched_apply", spec.inputs(arrays), batched=batched)
+    result = [
+        np.asarray(found[path], aval.dtype)
+        for path, aval in zip(spec.out_paths, spec.out_avals, strict=True)
+    ]
+    if keep:
+        result.append(np.zeros(size, TOKEN_DTYPE))
+    return result
+
+
 def _host_jvp(
     spec: _Spec,
     wrt: tuple[int, ...],
@@ -390,7 +406,7 @@ def _define(
 
 def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
     def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
-        return _host_apply(spec, keep, args)
+        return _host_batched_apply(spec, keep, args) if batched else _host_apply(spec, keep, args)
 
     return lambda args: run_levels(host, levels, args)
 
