@@ -311,16 +311,12 @@ class Response(cr.Schema):
 
 
 def _small(backend: str) -> cr.Component:
-    if backend == "jax":
+    import torch
 
-        def small(inputs: Design) -> Response:
-            return Response(y=jnp.tanh(inputs.x) * 1.1 + 0.1 * inputs.x**2)
+    m: Any = {"jax": jnp, "torch": torch, "numpy": np}[backend]
 
-    else:
-        import torch
-
-        def small(inputs: Design) -> Response:
-            return Response(y=torch.tanh(inputs.x) * 1.1 + 0.1 * inputs.x**2)
+    def small(inputs: Design) -> Response:
+        return Response(y=m.tanh(inputs.x) * 1.1 + 0.1 * inputs.x**2)
 
     return cr.component(small, inputs=Design, outputs=Response, backend=backend, name="small")
 
@@ -387,7 +383,7 @@ def main() -> None:
     wire.add_column("call")
     wire.add_column("requests", justify="right")
     wire.add_row("jit(jacrev) of a 100-output torch component", jacrev_wire())
-    for backend in ("torch", "jax"):
+    for backend in ("torch", "jax", "numpy"):
         v = vmap_wire(budget * 3, backend)
         wire.add_row(f"jit(f), one design ({backend})", v["one"])
         wire.add_row(f"jit(vmap(f)), 64 designs ({backend})", v["apply"])

@@ -100,6 +100,13 @@ class _Spec:
         return self.component.at(self.template).dims
 
     @functools.cached_property
+    def keeps(self) -> bool:
+        """Whether a kept linearization can serve the derivatives: not if all are written
+        or derived from written ones (they never read it; stale at worst: never wrong)."""
+        found = [impl.provenance for impl in self.component.impls.values()]
+        return not all(p == "written" or p.endswith("<- written") for p in found)
+
+    @functools.cached_property
     def lane(self) -> Lane | None:
         """The backend's plan for this call site (its `Lane`), if it declares one."""
         return self.component.lane(self.in_paths, self.out_paths)
@@ -142,6 +149,8 @@ def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
 
 
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if keep and not spec.keeps:  # token 0: the derivatives run from the primals
+        return [*_host_apply(spec, False, arrays), _token(None)]
     lane = spec.lane
     if lane is not None and not _finite.active():
         made_at = spec.fingerprint(arrays) if keep else None
