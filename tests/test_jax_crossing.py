@@ -102,7 +102,7 @@ def test_the_transformation_tests_pass_through_jaxs_emitter_too() -> None:
     selection = (
         "value_and_grad or jvp_vjp or vmap or scan or errors_surface"
         " or writes_into_its_input or zero_copy_buffers or mode_follows or leaves_the_jax_array"
-        " or writes_into_the_cotangent or shared_cotangents"
+        " or writes_into_the_cotangent or shared_cotangents or without_it"
     )
     files = [str(TESTS / "test_jax_binding.py"), __file__]
     done = subprocess.run(
@@ -175,3 +175,26 @@ def test_torch_gradients_through_shared_cotangents_match_finite_differences() ->
         d = jax.random.normal(jax.random.key(10 + seed), (7,))
         fd = (loss(x + eps * d) - loss(x - eps * d)) / (2 * eps)
         np.testing.assert_allclose(jnp.vdot(g(x), d), fd, rtol=1e-7, atol=1e-9)
+
+
+def test_an_error_holding_an_input_view_crosses_without_it() -> None:
+    """XLA frees its input buffers when the callback returns: an error that still refers to
+    one (here the author's, holding the array) loses its chain of causes, keeps its text."""
+
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="holds")
+    def holds(inputs: In) -> Out:
+        raise FloatingPointError("diverged", inputs.x[::2])  # a view of XLA's buffer
+
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="fails")
+    def fails(inputs: In) -> Out:
+        raise FloatingPointError(f"diverged at {float(inputs.x[0])}")
+
+    x = jnp.linspace(0.0, 1.0, 50_000)
+    run = jax.jit(lambda v, c: crj.call(c, {"x": v})["y"], static_argnums=1)
+    with pytest.raises(cr.ComponentError, match="diverged") as info, crj.errors():
+        run(x, holds)
+    if _primitives.mode() == "buffer":
+        assert info.value.__cause__ is None  # it held a view: dropped
+    with pytest.raises(cr.ComponentError, match=r"diverged at 0\.0") as failed, crj.errors():
+        run(x, fails)
+    assert isinstance(failed.value.__cause__, FloatingPointError)  # held none: kept

@@ -15,7 +15,6 @@ builds the specs and binds `call_p`.
 from __future__ import annotations
 
 import functools
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from chainrule._schema.schema import Schema
 from chainrule._schema.tree import leaves, replace_leaves
 
 from . import compat
+from .buffers import buffer_host
 
 Prim = jax_extend.core.Primitive
 
@@ -263,42 +263,6 @@ def _host_call(host: Callable[..., list[np.ndarray]], args: Sequence[Any]) -> li
         raise carry(e) from e
 
 
-def _read_only(buffer: Any) -> np.ndarray:
-    """A read-only numpy view of an XLA input buffer (no copy): JAX arrays are immutable, so
-    the host must not write into them (numpy raises if it tries)."""
-    view = np.asarray(buffer)
-    view.flags.writeable = False
-    return view
-
-
-def _buffer_host(host: Callable[..., list[np.ndarray]]) -> Callable[..., None]:
-    """The host as a buffer callback: inputs are views of XLA's buffers, results are copied
-    into XLA's result buffers (its only copy). Nothing may keep an input view past the call
-    (XLA reuses the memory): residuals keep their own copies (`Residual`), and the locals of
-    a failing host's frames are cleared before its error is carried."""
-
-    def callback(ctx: Any, out: Sequence[Any], *args: Any) -> None:
-        try:
-            results = host([_read_only(a) for a in args])
-            for buffer, result in zip(out, results, strict=True):
-                _fill(np.asarray(buffer), result)
-        except Exception as e:
-            traceback.clear_frames(e.__traceback__)
-            raise carry(e) from e
-
-    return callback
-
-
-def _fill(target: np.ndarray, result: Any) -> None:
-    value = np.asarray(result)
-    if value.shape != target.shape or value.dtype != target.dtype:  # copyto would broadcast
-        raise ValueError(
-            f"a host callback answered a {value.dtype}{list(value.shape)} array where JAX "
-            f"expects {target.dtype}{list(target.shape)}"
-        )
-    np.copyto(target, value)
-
-
 def _callback(
     host: Callable[..., list[np.ndarray]], avals: Sequence[Any], args: Sequence[Any]
 ) -> list[Any]:
@@ -385,7 +349,7 @@ def _define(
         avals = avals_of(**params)
         shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
         assert compat.BUFFER_CALLBACK is not None
-        return list(compat.BUFFER_CALLBACK(_buffer_host(host_for(params)), shapes)(*args))
+        return list(compat.BUFFER_CALLBACK(buffer_host(host_for(params)), shapes)(*args))
 
     def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
         if mode() == "buffer":
