@@ -1,7 +1,9 @@
 """The crossing into JAX (issue 17): how host callbacks reach the component's host code.
 
-Under the pinned JAX the primitives lower to JAX's buffer callback: the host reads XLA's input
-buffers themselves (no copy, read-only) and fills XLA's result buffers. JAX's emitter (which
+Under the pinned JAX the primitives lower to JAX's buffer callback: where no author code gets
+the arrays, the host reads XLA's input buffers themselves (no copy, read-only); elsewhere it
+gets read-only copies (an author could keep an array past the call). It fills XLA's result
+buffers. JAX's emitter (which
 copies every input) stays as a fallback, and the transformation tests pass through it too.
 """
 
@@ -52,15 +54,44 @@ def _spy(seen: list[Any], write: bool = False) -> cr.Component:
     return spy
 
 
-def test_the_host_reads_xlas_input_buffer_without_a_copy() -> None:
+def test_author_code_gets_copies_it_may_keep() -> None:
+    """A NumPy function could keep its input past the call (a legacy solver caching its last
+    point), when XLA reuses the memory: it gets a read-only copy, as from JAX's emitter."""
     assert _primitives.mode() == "buffer", "the buffer callback is not in use"
     seen: list[Any] = []
-    comp = _spy(seen)
+    kept: list[np.ndarray] = []
+
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="cache")
+    def cache(inputs: In) -> Out:
+        seen.append((inputs.x.__array_interface__["data"][0], inputs.x.flags.writeable))
+        kept.append(inputs.x)
+        return Out(y=np.sin(inputs.x))
+
     x = jnp.linspace(0.0, 1.0, 50_000)
-    f = jax.jit(lambda v: crj.call(comp, {"x": v})["y"])
+    f = jax.jit(lambda v: crj.call(cache, {"x": v})["y"])
     np.testing.assert_array_equal(f(x), np.sin(np.asarray(x)))
-    # the component saw the JAX array's own memory, read-only (JAX arrays are immutable)
-    assert seen == [(x.unsafe_buffer_pointer(), False)]
+    assert seen[0][0] != x.unsafe_buffer_pointer() and seen[0][1] is False
+    f(jnp.zeros(50_000))  # XLA's buffers come and go; the kept array stays as it was
+    np.testing.assert_array_equal(kept[0], np.linspace(0.0, 1.0, 50_000))
+
+
+def test_torch_autograd_reads_the_cotangent_in_xlas_buffer_without_a_copy() -> None:
+    import torch
+
+    seen: list[int] = []
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="peek")
+    def peek(inputs: In) -> Out:
+        y = torch.sin(inputs.x)
+        if y.requires_grad:
+            y.register_hook(lambda g: seen.append(g.data_ptr()))
+        return Out(y=y)
+
+    c = jnp.linspace(1.0, 2.0, 50_000)
+    f = jax.jit(lambda v, w: jax.vjp(lambda u: crj.call(peek, {"x": u})["y"], v)[1](w))
+    (g,) = f(jnp.zeros(50_000), c)
+    np.testing.assert_allclose(g, np.asarray(c), rtol=1e-15)
+    assert seen == [c.unsafe_buffer_pointer()]
 
 
 def test_a_host_that_writes_into_its_input_fails_and_leaves_the_jax_array_as_it_was() -> None:
@@ -179,22 +210,31 @@ def test_torch_gradients_through_shared_cotangents_match_finite_differences() ->
 
 def test_an_error_holding_an_input_view_crosses_without_it() -> None:
     """XLA frees its input buffers when the callback returns: an error that still refers to
-    one (here the author's, holding the array) loses its chain of causes, keeps its text."""
+    one (here a backward hook's, holding the cotangent) loses its chain of causes, keeps its
+    text; an error holding none keeps its cause."""
+    import torch
 
-    @cr.component(inputs=In, outputs=Out, backend="numpy", name="holds")
+    def hook(g: torch.Tensor) -> None:
+        raise FloatingPointError("diverged", g)  # g: XLA's cotangent buffer
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="holds")
     def holds(inputs: In) -> Out:
-        raise FloatingPointError("diverged", inputs.x[::2])  # a view of XLA's buffer
+        y = torch.sin(inputs.x)
+        if y.requires_grad:
+            y.register_hook(hook)
+        return Out(y=y)
 
     @cr.component(inputs=In, outputs=Out, backend="numpy", name="fails")
     def fails(inputs: In) -> Out:
         raise FloatingPointError(f"diverged at {float(inputs.x[0])}")
 
     x = jnp.linspace(0.0, 1.0, 50_000)
-    run = jax.jit(lambda v, c: crj.call(c, {"x": v})["y"], static_argnums=1)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(crj.call(holds, {"x": v})["y"])))
     with pytest.raises(cr.ComponentError, match="diverged") as info, crj.errors():
-        run(x, holds)
+        grad(x)
     if _primitives.mode() == "buffer":
         assert info.value.__cause__ is None  # it held a view: dropped
+    run = jax.jit(lambda v: crj.call(fails, {"x": v})["y"])
     with pytest.raises(cr.ComponentError, match=r"diverged at 0\.0") as failed, crj.errors():
-        run(x, fails)
+        run(x)
     assert isinstance(failed.value.__cause__, FloatingPointError)  # held none: kept

@@ -1,11 +1,13 @@
 """Host functions as JAX buffer callbacks: XLA's own buffers in, XLA's result buffers out.
 
-The host reads each input as a read-only numpy view of XLA's buffer (no copy; JAX arrays are
-immutable, so numpy refuses writes) and its results are copied into XLA's result buffers
-after an exact shape and dtype check. XLA reuses an input's memory once the callback returns,
-so nothing may keep a view past the call: residuals keep their own copies (`Residual`), and a
-failing host's error is carried only once it holds no view (its frames' locals are cleared;
-if the error itself still holds one, its chain of causes is dropped, its text kept).
+Where no author code gets the arrays (a remote component, a torch one without written
+derivatives), the host reads each input as a read-only numpy view of XLA's buffer (no copy;
+JAX arrays are immutable, so numpy refuses writes); elsewhere it gets read-only copies. Its
+results are copied into XLA's result buffers after an exact shape and dtype check. XLA
+reuses an input's memory once the callback returns, so nothing may keep a view past the
+call: residuals keep their own copies (`Residual`), and a failing host's error is carried
+only once it holds no view (its frames' locals are cleared; if the error itself still holds
+one, its chain of causes is dropped, its text kept).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from chainrule._component.carried import carry
 __all__ = ["buffer_host"]
 
 
-def buffer_host(host: Callable[..., list[np.ndarray]]) -> Callable[..., None]:
-    """`host(arrays) -> results` as a buffer callback `(ctx, out, *args) -> None`."""
+def buffer_host(host: Callable[..., list[np.ndarray]], share: bool) -> Callable[..., None]:
+    """`host(arrays) -> results` as a buffer callback `(ctx, out, *args) -> None`; with
+    `share`, the arrays are views of XLA's buffers, else read-only copies of them (for hosts
+    that run author code, which could keep an array past the call)."""
+    given = _read_only if share else _copy
 
     def callback(ctx: Any, out: Sequence[Any], *args: Any) -> None:
-        views = [_read_only(a) for a in args]
+        views = [given(a) for a in args]
         counts = _counts(views)
         try:
             results = host(views)
@@ -43,6 +48,12 @@ def _read_only(buffer: Any) -> np.ndarray:
     view = np.asarray(buffer)
     view.flags.writeable = False
     return view
+
+
+def _copy(buffer: Any) -> np.ndarray:
+    copy = np.asarray(buffer).copy()  # (Buffer.__array__ makes no copies itself)
+    copy.flags.writeable = False  # as JAX's emitter hands them over
+    return copy
 
 
 def _fill(target: np.ndarray, result: Any) -> None:

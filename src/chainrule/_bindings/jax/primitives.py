@@ -100,6 +100,17 @@ class _Spec:
         return self.component.at(self.template).dims
 
     @functools.cached_property
+    def shares(self) -> bool:
+        """Whether the host may read XLA's buffers in place (else it gets copies): only where
+        no author code gets them as numpy arrays, which it could keep past the call, when XLA
+        reuses the memory: a remote component (the client encodes them) and a torch one
+        without written derivatives (it copies its forward inputs; autograd reads the rest)."""
+        backend = self.component.backend.name
+        found = [impl.provenance for impl in self.component.impls.values()]
+        written = any(p == "written" or p.endswith("<- written") for p in found)
+        return backend == "remote" or (backend == "torch" and not written)
+
+    @functools.cached_property
     def keeps(self) -> bool:
         """Whether a kept linearization can serve the derivatives: not if all are written
         or derived from written ones (they never read it; stale at worst: never wrong)."""
@@ -349,7 +360,8 @@ def _define(
         avals = avals_of(**params)
         shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
         assert compat.BUFFER_CALLBACK is not None
-        return list(compat.BUFFER_CALLBACK(buffer_host(host_for(params)), shapes)(*args))
+        host = buffer_host(host_for(params), params["spec"].shares)
+        return list(compat.BUFFER_CALLBACK(host, shapes)(*args))
 
     def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
         if mode() == "buffer":
