@@ -1,8 +1,8 @@
 """Host functions as JAX buffer callbacks: XLA's own buffers in, XLA's result buffers out.
 
-Where no author code gets the arrays (a remote component, a torch one without written
-derivatives), the host reads each input as a read-only numpy view of XLA's buffer (no copy;
-JAX arrays are immutable, so numpy refuses writes); elsewhere it gets read-only copies. Its
+Where no author code gets the arrays (a remote component: its client encodes them), the host
+reads each input as a read-only numpy view of XLA's buffer (no copy; JAX arrays are
+immutable, so numpy refuses writes); elsewhere it gets read-only copies. Its
 results are copied into XLA's result buffers after an exact shape and dtype check. XLA
 reuses an input's memory once the callback returns, so nothing may keep a view past the
 call: residuals keep their own copies (`Residual`), and a failing host's error is carried

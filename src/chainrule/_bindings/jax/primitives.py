@@ -102,13 +102,10 @@ class _Spec:
     @functools.cached_property
     def shares(self) -> bool:
         """Whether the host may read XLA's buffers in place (else it gets copies): only where
-        no author code gets them as numpy arrays, which it could keep past the call, when XLA
-        reuses the memory: a remote component (the client encodes them) and a torch one
-        without written derivatives (it copies its forward inputs; autograd reads the rest)."""
-        backend = self.component.backend.name
-        found = [impl.provenance for impl in self.component.impls.values()]
-        written = any(p == "written" or p.endswith("<- written") for p in found)
-        return backend == "remote" or (backend == "torch" and not written)
+        no author code gets them, which could keep one past the call, when XLA reuses the
+        memory (a torch backward hook keeping its gradient): a remote component's client
+        encodes them and keeps nothing."""
+        return self.component.backend.name == "remote"
 
     @functools.cached_property
     def keeps(self) -> bool:
