@@ -6,7 +6,9 @@
 
 Environment (read once, when this module is imported): `CHAINRULE_JAX_PURE_CALLBACK=1` lowers
 every host callback with `jax.pure_callback` instead of JAX's own emitter (an escape hatch;
-slower: `pure_callback` puts each argument on a device before the host sees it).
+slower: `pure_callback` puts each argument on a device before the host sees it);
+`CHAINRULE_JAX_EMIT_CALLBACK=1` lowers them with JAX's emitter instead of its buffer callback
+(the emitter copies every input array before the host sees it).
 """
 
 import os
@@ -19,6 +21,7 @@ __all__ = ["call", "call_p", "errors", "hvp_p", "jvp_p", "original_error", "vjp_
 
 _primitives.configure(
     _primitives.Settings(
-        pure_callback=os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0")
+        pure_callback=os.environ.get("CHAINRULE_JAX_PURE_CALLBACK", "") not in ("", "0"),
+        buffers=os.environ.get("CHAINRULE_JAX_EMIT_CALLBACK", "") in ("", "0"),
     )
 )

@@ -31,7 +31,7 @@ from chainrule._schema.errors import (
 )
 from chainrule._schema.schema import Schema
 
-from . import dispatch, finite, validate
+from . import batched, dispatch, finite, validate
 from .backends.base import Backend, FiniteDifferences, Lane, as_outputs
 from .backends.load import load_backend
 from .endpoints import ENDPOINTS, Endpoint, derivatives
@@ -111,6 +111,7 @@ class Component:
         base = {
             "apply": self.backend.provenance_of("apply"),
             "eval_shape": self.backend.eval_shape_provenance,
+            "batched_apply": batched.provenance(self),
         }
         return base | {n: self.impls[n].provenance for n in derivatives() if n in self.impls}
 
@@ -188,6 +189,8 @@ class Component:
         row = ENDPOINTS.get(endpoint)
         if row is None or not row.names.issuperset(request):
             self._refuse(endpoint, request)
+        if row.result == "batched_outputs":  # a batch of points, not one point
+            return batched.run(self, inputs, request.get("batched") or ())
         return self._call(row, self.point(inputs), request)
 
     def _refuse(self, endpoint: str, request: Mapping[str, Any]) -> NoReturn:

@@ -29,16 +29,20 @@ from typing import Any, Literal
 
 __all__ = ["ENDPOINTS", "Endpoint", "Keyword", "Result", "Role", "derivatives"]
 
-Role = Literal["keep", "handle", "tangents", "cotangents", "wrt", "of", "weights", "scalar"]
+Role = Literal[
+    "keep", "handle", "tangents", "cotangents", "wrt", "of", "weights", "scalar", "batched"
+]
 """How a keyword is validated at a point (see `validate.request`): `keep` and `handle` are
 taken as they are (a handle names a residual), `tangents`/`cotangents` are arrays by input or
 output path, `wrt`/`of` select input or output paths; `weights` are an hvp's output weights,
-given as cotangents or (`scalar`) as the one scalar output `of`."""
+given as cotangents or (`scalar`) as the one scalar output `of`; `batched` names the inputs
+that carry a leading batch axis (`batched_apply`)."""
 
-Result = Literal["outputs", "shapes", "by_output", "by_input", "jacobian"]
+Result = Literal["outputs", "shapes", "by_output", "by_input", "jacobian", "batched_outputs"]
 """What an endpoint answers: the outputs (an output schema instance), their shapes (one with
-`ShapeDtype` leaves), arrays by output path (`{output path: array}`), by input path, or a
-Jacobian (`{output path: {input path: array}}`)."""
+`ShapeDtype` leaves), arrays by output path (`{output path: array}`), by input path, a
+Jacobian (`{output path: {input path: array}}`), or the outputs of a batch of points
+(`{output path: array}`, each array output with a leading batch axis)."""
 
 Check = Literal["jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "hvp"]
 
@@ -99,6 +103,12 @@ WEIGHTS = Keyword(
     "cotangents", "weights", dict[str, Any] | None, False,
     lambda v: v is None or isinstance(v, dict), "an object {output path: array}",
 )  # fmt: skip
+# The inputs (by path) that carry a leading batch axis, all of the same size.
+BATCHED = Keyword(
+    "batched", "batched", list[str], True,
+    lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "a list of input paths",
+)  # fmt: skip
 SCALAR = Keyword(
     "of", "scalar", str | None, False,
     lambda v: v is None or isinstance(v, str), "one scalar output path or null",
@@ -149,6 +159,13 @@ ENDPOINTS: dict[str, Endpoint] = {
     for e in (
         Endpoint("apply", (KEEP,), "outputs", "the outputs (validated output schema instance)"),
         Endpoint("eval_shape", (), "shapes", "the outputs with ShapeDtype in place of arrays"),
+        # One call for B points that differ only in the `batched` inputs (vmap over primals):
+        # jax and torch answer with vmap, the others with a loop; a remote component sends
+        # it as one request.
+        Endpoint(
+            "batched_apply", (BATCHED,), "batched_outputs",
+            "{output path: outputs[b] on axis 0}, for the inputs `batched` on axis 0",
+        ),
         Endpoint(
             "jvp", (TANGENTS, OF, HANDLE), "by_output", "{output path: J·t}",
             derivative=True, check="jvp",

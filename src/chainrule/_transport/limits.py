@@ -58,6 +58,8 @@ def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) ->
         path, largest = _largest(req, "")
         got = f"arrays declaring {declared} elements ({largest} in the largest)"
         raise too_large(elements, got, path, "elements")
+    if ENDPOINTS[name].result == "batched_outputs":  # a batch of points: rows, not tangents
+        _check_points(req, limits)
     key = _batch_keyword(name)
     if key is None:
         return
@@ -69,6 +71,18 @@ def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) ->
     if declared + batch * per_row > elements.value:
         got = f"a batch of {batch} rows × {per_row} input elements"
         raise too_large(elements, got, key, "elements")
+
+
+def _check_points(req: dict[str, Any], limits: Limits) -> None:
+    """Refuse a `batched_apply` of more points than the batch limit (its elements are counted
+    with the body's)."""
+    for path in req.get("batched") or ():
+        value: Any = req["inputs"]
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if _rows(value) > limits.batch.value:
+            got = f"a batch of {_rows(value)} points"
+            raise too_large(limits.batch, got, f"inputs.{path}", "rows")
 
 
 def _largest(tree: Any, path: str) -> tuple[str, int]:

@@ -85,6 +85,19 @@ class RemoteBackend(Backend):
             return answer["outputs"], None
         return answer["outputs"], Residual(answer["handle"], 0, None)
 
+    @property
+    def batched_provenance(self) -> str:
+        return f"remote: {self.offered.get('batched_apply', 'loop')}"
+
+    def batched_apply(self, p: Point, stacks: dict[str, np.ndarray]) -> Any:
+        """One request for the whole batch (None: the server lacks it, so a loop of applies)."""
+        if "batched_apply" not in self.offered:
+            return None
+        inputs = _tree.dump(p.inputs)
+        for path, stack in stacks.items():
+            _set_path(inputs, path, stack)
+        return self._call("batched_apply", {"inputs": inputs, "batched": list(stacks)})["result"]
+
     def eval_shape(self, p: Point) -> Any:
         answer = self._call("eval_shape", {"inputs": _tree.dump(p.inputs)})
         tree = answer["outputs"]

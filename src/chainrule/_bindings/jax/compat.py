@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EMIT_PYTHON_CALLBACK", "concrete_value"]
+__all__ = ["BUFFER_CALLBACK", "EMIT_PYTHON_CALLBACK", "concrete_value"]
 
 
 def _emit_python_callback() -> Callable[..., Any] | None:
@@ -32,6 +32,19 @@ def _emit_python_callback() -> Callable[..., Any] | None:
 
 
 EMIT_PYTHON_CALLBACK = _emit_python_callback()
+
+
+def _buffer_callback() -> Callable[..., Any] | None:
+    """`jax.experimental.buffer_callback.buffer_callback` (public but experimental), if this
+    JAX has it: the host gets XLA's buffers themselves, no copy in and none out but its own."""
+    try:
+        from jax.experimental.buffer_callback import buffer_callback
+    except ImportError:  # pragma: no cover - depends on the JAX version
+        return None
+    return buffer_callback
+
+
+BUFFER_CALLBACK = _buffer_callback()
 
 
 def concrete_value(x: Any) -> Any | None:

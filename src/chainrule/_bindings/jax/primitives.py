@@ -36,6 +36,7 @@ from chainrule._schema.schema import Schema
 from chainrule._schema.tree import leaves, replace_leaves
 
 from . import compat
+from .buffers import buffer_host
 
 Prim = jax_extend.core.Primitive
 
@@ -99,6 +100,21 @@ class _Spec:
         return self.component.at(self.template).dims
 
     @functools.cached_property
+    def shares(self) -> bool:
+        """Whether the host may read XLA's buffers in place (else it gets copies): only where
+        no author code gets them, which could keep one past the call, when XLA reuses the
+        memory (a torch backward hook keeping its gradient): a remote component's client
+        encodes them and keeps nothing."""
+        return self.component.backend.name == "remote"
+
+    @functools.cached_property
+    def keeps(self) -> bool:
+        """Whether a kept linearization can serve the derivatives: not if all are written
+        or derived from written ones (they never read it; stale at worst: never wrong)."""
+        found = [impl.provenance for impl in self.component.impls.values()]
+        return not all(p == "written" or p.endswith("<- written") for p in found)
+
+    @functools.cached_property
     def lane(self) -> Lane | None:
         """The backend's plan for this call site (its `Lane`), if it declares one."""
         return self.component.lane(self.in_paths, self.out_paths)
@@ -141,6 +157,8 @@ def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
 
 
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if keep and not spec.keeps:  # token 0: the derivatives run from the primals
+        return [*_host_apply(spec, False, arrays), _token(None)]
     lane = spec.lane
     if lane is not None and not _finite.active():
         made_at = spec.fingerprint(arrays) if keep else None
@@ -161,6 +179,22 @@ def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[n
     ]
     if keep:
         result.append(_token(handle))
+    return result
+
+
+def _host_batched_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """vmap over primals: one `batched_apply` for the batch (every input carries it). It
+    keeps no linearization: the tokens are 0, and a derivative at these points recomputes
+    (per point)."""
+    size = len(arrays[0])
+    batched = list(spec.in_paths)
+    found = spec.component.call("batched_apply", spec.inputs(arrays), batched=batched)
+    result = [
+        np.asarray(found[path], aval.dtype)
+        for path, aval in zip(spec.out_paths, spec.out_avals, strict=True)
+    ]
+    if keep:
+        result.append(np.zeros(size, TOKEN_DTYPE))
     return result
 
 
@@ -254,9 +288,13 @@ class Settings:
     Arguments:
         pure_callback: lower them with `jax.pure_callback` instead of JAX's own emitter (an
             escape hatch; `chainrule.jax` sets it from `CHAINRULE_JAX_PURE_CALLBACK=1`).
+        buffers: lower them with JAX's buffer callback where this JAX has it (the host reads
+            XLA's input buffers without a copy and fills its result buffers); else with JAX's
+            emitter, which copies every input (`CHAINRULE_JAX_EMIT_CALLBACK=1` asks for it).
     """
 
     pure_callback: bool = False
+    buffers: bool = True
 
 
 _SETTINGS = [Settings()]
@@ -271,6 +309,16 @@ def emitter() -> Callable[..., Any] | None:
     """JAX's own host-callback emitter (`compat`), unless `jax.pure_callback` is wanted or
     this JAX lacks the emitter known here."""
     return None if _SETTINGS[0].pure_callback else compat.EMIT_PYTHON_CALLBACK
+
+
+def mode() -> str:
+    """How host callbacks are lowered now: `"buffer"`, `"emit"` or `"pure_callback"`."""
+    settings = _SETTINGS[0]
+    if settings.pure_callback:
+        return "pure_callback"
+    if settings.buffers and compat.BUFFER_CALLBACK is not None:
+        return "buffer"
+    return "emit" if compat.EMIT_PYTHON_CALLBACK is not None else "pure_callback"
 
 
 def _batched_avals(avals: Sequence[Any], sizes: tuple[int, ...]) -> list[Any]:
@@ -305,7 +353,16 @@ def _define(
     def lowered(*args: Any, **params: Any) -> list[Any]:
         return _callback(host_for(params), avals_of(**params), args)
 
+    def buffered(*args: Any, **params: Any) -> list[Any]:
+        avals = avals_of(**params)
+        shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+        assert compat.BUFFER_CALLBACK is not None
+        host = buffer_host(host_for(params), params["spec"].shares)
+        return list(compat.BUFFER_CALLBACK(host, shapes)(*args))
+
     def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
+        if mode() == "buffer":
+            return mlir.lower_fun(buffered, multiple_results=True)(ctx, *args, **params)
         emit = emitter()
         if emit is None:
             return mlir.lower_fun(lowered, multiple_results=True)(ctx, *args, **params)
@@ -331,7 +388,7 @@ def _define(
 
 def _apply_host(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[int, ...]) -> Any:
     def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
-        return _host_apply(spec, keep, args)
+        return _host_batched_apply(spec, keep, args) if batched else _host_apply(spec, keep, args)
 
     return lambda args: run_levels(host, levels, args)
 

@@ -73,7 +73,13 @@ def _call_jvp(
     sizes: tuple[int, ...],
 ) -> Any:
     wrt = _check_tangents(spec, tangents, "jvp")
-    outs = call_p.bind(*primals, spec=spec, keep=True, levels=levels, sizes=sizes)
+    # Under vmap over primals answered by one batched_apply (the innermost level "batched"),
+    # the derivatives loop over the points: a batched endpoint batches tangents, not points.
+    # A remote component still sends the forward as one request (its derivatives recompute
+    # on the server either way); any other keeps its linearization per point.
+    linear = (*levels[:-1], "loop") if levels[-1:] == ("batched",) else levels
+    keeps = levels if _is_remote(spec) else linear
+    outs = call_p.bind(*primals, spec=spec, keep=True, levels=keeps, sizes=sizes)
     values, token = list(outs[:-1]), outs[-1]
     out_avals = _batched_avals(spec.out_avals, sizes)
     tangents_out = [_tangent_zero(a) for a in out_avals]
@@ -88,7 +94,7 @@ def _call_jvp(
             spec=spec,
             wrt=wrt,
             of=spec.diff_outs,
-            levels=levels,
+            levels=linear,
             sizes=sizes,
         )
         for i, d in zip(spec.diff_outs, diff, strict=True):
@@ -184,8 +190,16 @@ def _move(x: Any, d: Any, size: int) -> Any:
     return jnp.moveaxis(x, d, 0)
 
 
+def _is_remote(spec: _Spec) -> bool:
+    return spec.component.backend.name == "remote"
+
+
 def _batch_rule(prim: Prim, n_fixed: Callable[[dict[str, Any]], int]) -> Callable[..., Any]:
-    """vmap: a batched endpoint when only the linear arguments are mapped, else a loop."""
+    """vmap: a batched endpoint when only the linear arguments are mapped; one
+    `batched_apply` (the level "batched" of `call_p`) for the first vmap over a call's
+    primals, unless it keeps a linearization that is not remote (a remote one recomputes its
+    derivatives anyway); else a loop. Every argument carries every level's axis (unmapped
+    ones broadcast), so the loops of the derivatives can index them all."""
 
     def rule(args: Sequence[Any], dims: Sequence[Any], **params: Any) -> Any:
         size = next(
@@ -195,7 +209,10 @@ def _batch_rule(prim: Prim, n_fixed: Callable[[dict[str, Any]], int]) -> Callabl
         if prim in (jvp_p, vjp_p) and all(d is _NOT_MAPPED for d in dims[:fixed]):
             return _batched(prim, fixed, size, args, dims, params)
         moved = [_move(a, d, size) for a, d in zip(args, dims, strict=True)]
-        new = {**params, "levels": ("loop", *params["levels"]), "sizes": (size, *params["sizes"])}
+        level = "loop"
+        if prim is call_p and not params["levels"] and size:
+            level = "batched" if not params["keep"] or _is_remote(params["spec"]) else "loop"
+        new = {**params, "levels": (level, *params["levels"]), "sizes": (size, *params["sizes"])}
         outs = prim.bind(*moved, **new)
         return outs, [0] * len(outs)
 

@@ -126,6 +126,9 @@ class _Programs:
             lambda d, c, ct, wrt: jax.vmap(lambda u: self._vjp(d, c, u, wrt))(ct),
             static_argnames="wrt",
         )
+        self.batched_apply = jax.jit(
+            lambda b, rest: jax.vmap(lambda u: _merged(f({**rest, **u}, {})))(b)
+        )
         self.batched_backward = jax.jit(jax.vmap(self.backward, in_axes=(None, 0)))
         self.batched_jvp_kept = jax.jit(jax.vmap(self._jvp_kept, in_axes=(None, 0)))
         self.hvp = jax.jit(self._hvp, static_argnames="wrt")
@@ -202,6 +205,15 @@ class JaxBackend(Backend):
             progs, (d, c) = self.programs(p), self._split(p)
             progs.f(d, c)
             return call()
+
+    batched_provenance = "native (jax.vmap)"
+
+    def batched_apply(self, p: Point, stacks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every array output at each point of a batch (`chainrule._component.batched`)."""
+        progs = self.programs(p)
+        rest = {k: v for k, v in p.values.items() if k not in stacks}
+        out = self._run(p, lambda: progs.batched_apply(stacks, rest))
+        return {k: np.asarray(v) for k, v in out.items()}
 
     def programs(self, p: Point) -> _Programs:
         """The compiled programs for the static signature of `p` (LRU-cached)."""
@@ -310,3 +322,7 @@ class JaxBackend(Backend):
 
 
 BACKEND = JaxBackend
+
+
+def _merged(outs: tuple[Tree, Tree]) -> Tree:
+    return {**outs[0], **outs[1]}

@@ -34,7 +34,9 @@ from .torch_graph import (
     owned,
     pick,
     read_only,
+    shared,
     to_torch,
+    untouched,
     weighted,
 )
 
@@ -114,6 +116,26 @@ class TorchBackend(Backend):
         out = replace_leaves(box["template"], read_only({**graph.detached(), **graph.rest}))
         return out, Residual(graph, graph.nbytes(c), None)
 
+    batched_provenance = "native (torch.func.vmap)"
+
+    def batched_apply(self, p: Point, stacks: dict[str, np.ndarray]) -> Tree | None:
+        """Every array output at each point of a batch, by `torch.func.vmap` (None if the
+        function cannot be mapped: `.item()`, data-dependent control flow; then a loop)."""
+        keys = tuple(stacks)
+        const = {k: to_torch(v) for k, v in p.values.items() if k not in stacks}
+        f = self._f(p, const, {})
+
+        def one(*xs: torch.Tensor) -> Tree:
+            dout, nd = f(dict(zip(keys, xs, strict=True)))
+            return {**dout, **nd}
+
+        try:
+            with torch.no_grad():
+                out = torch.func.vmap(one)(*(to_torch(stacks[k]) for k in keys))
+        except Exception:  # not mappable; the loop runs it (and raises its own errors)
+            return None
+        return numpy_views(out)
+
     def eval_shape(self, p: Point) -> Any:
         meta = {
             k: torch.empty(v.shape, dtype=DTYPES[v.dtype], device="meta")
@@ -152,8 +174,16 @@ class TorchBackend(Backend):
         return self._graph(p, res, tuple(t)).jvp(t, of)
 
     def vjp(self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]) -> Tree:
-        ct = {k: to_torch(v) for k, v in cotangents.items()}
-        return self._graph(p, res).vjp(ct, wrt, batched=False)
+        return self._pull(p, res, cotangents, wrt, batched=False)
+
+    def _pull(
+        self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...], batched: bool
+    ) -> Tree:
+        watched: list[tuple[str, torch.Tensor]] = []  # autograd only reads the cotangents
+        ct = {k: shared(v, watched, k) for k, v in cotangents.items()}
+        grads = self._graph(p, res).vjp(ct, wrt, batched=batched)
+        untouched(watched, f"the backward pass of component '{p.component.name}'")
+        return grads
 
     def batched_jvp(
         self, p: Point, res: Residual | None, tangents: Tree, of: tuple[str, ...]
@@ -164,8 +194,7 @@ class TorchBackend(Backend):
     def batched_vjp(
         self, p: Point, res: Residual | None, cotangents: Tree, wrt: tuple[str, ...]
     ) -> Tree:
-        ct = {k: to_torch(v) for k, v in cotangents.items()}
-        return self._graph(p, res).vjp(ct, wrt, batched=True)
+        return self._pull(p, res, cotangents, wrt, batched=True)
 
     def jacobian(
         self, p: Point, res: Residual | None, wrt: tuple[str, ...], of: tuple[str, ...]

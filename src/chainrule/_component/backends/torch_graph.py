@@ -20,7 +20,9 @@ __all__ = [
     "owned",
     "pick",
     "read_only",
+    "shared",
     "to_torch",
+    "untouched",
     "weighted",
 ]
 
@@ -51,6 +53,34 @@ def to_torch(x: Any) -> torch.Tensor:
         return x
     arr = np.asarray(x)
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+def shared(x: Any, watched: list[tuple[str, torch.Tensor]], name: str) -> torch.Tensor:
+    """A tensor over `x`'s own memory even if `x` is read-only (XLA's buffers, a JAX array's
+    values), for values torch only reads: no copy. Tensors over read-only memory go on
+    `watched` (with their `name`), for `untouched` to check after the call."""
+    if isinstance(x, torch.Tensor):
+        return x
+    arr = np.asarray(x)
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    try:
+        t = torch.from_dlpack(arr)  # numpy exports its read-only flag; torch takes it as is
+    except (BufferError, TypeError, RuntimeError):  # a dtype DLPack lacks: copy
+        return torch.from_numpy(arr.copy())
+    watched.append((name, t))
+    return t
+
+
+def untouched(watched: Sequence[tuple[str, torch.Tensor]], what: str) -> None:
+    """Raise if code wrote in place into a tensor `shared` made over read-only memory (its
+    version counter moved): those values belong to the caller (a JAX array is immutable)."""
+    for name, t in watched:
+        if t._version:
+            raise ValueError(
+                f"{what} wrote in place into '{name}', a read-only array it shares with the "
+                f"caller (JAX's own buffer): compute a new tensor instead (x * 2, not x.mul_(2))"
+            )
 
 
 def owned(x: Any) -> torch.Tensor:

@@ -14,7 +14,7 @@ from chainrule._schema.schema import passthrough
 from chainrule._schema.tree import flat_fields, replace_leaves
 
 from .base import as_outputs
-from .torch_graph import DTYPES, Graph, numpy_views, owned, to_torch
+from .torch_graph import DTYPES, Graph, numpy_views, owned, shared, to_torch, untouched
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component
@@ -61,7 +61,10 @@ class HostLane:
     ) -> tuple[list[np.ndarray], Residual | None]:
         """Run the function on `arrays` (the inputs' other fields from `template`): the output
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
-        convert = owned if keep else to_torch  # a kept graph holds its own copies
+        # A kept graph holds its own copies. Read-only arrays (XLA's buffers) are copied even
+        # then: torch has no read-only tensors, and an author's in-place op must not change a
+        # JAX value (a check after the call would come too late).
+        convert = owned if keep else to_torch
         tensors = {p: convert(a) for p, a in zip(self.in_paths, arrays, strict=True)}
         leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
         inputs = replace_leaves(template, {**tensors, **leaves})
@@ -112,6 +115,9 @@ class HostLane:
     ) -> dict[str, np.ndarray]:
         """Cotangents of `wrt` from the graph a kept `apply` recorded."""
         graph = residual.data
+        watched: list[tuple[str, torch.Tensor]] = []
         with self.component.errors("vjp"):
-            grads = graph.vjp({k: to_torch(v) for k, v in cts.items()}, wrt, batched=False)
+            ct = {k: shared(v, watched, k) for k, v in cts.items()}  # autograd only reads them
+            grads = graph.vjp(ct, wrt, batched=False)
+            untouched(watched, f"the backward pass of component '{self.component.name}'")
         return {k: v.numpy() for k, v in grads.items()}
