@@ -234,7 +234,7 @@ def _request(row: Endpoint) -> dict[str, object]:
         "tangents": {"x": np.stack([T, 2 * T])},
         "cotangents": {"y": np.stack([c["y"], -c["y"]]), "s": np.array([0.5, 1.0])},
     }
-    examples = {"tangents": {"x": T}, "cotangents": c, "weights": c,
+    examples = {"tangents": {"x": T}, "cotangents": c, "weights": c, "batched": ["x"],
                 **(stacked if row.batched else {})}  # fmt: skip
     request = {k.name: examples[k.role] for k in row.keywords if k.role in examples}
     missing = [k.name for k in row.keywords if k.required and k.name not in request]
@@ -266,6 +266,8 @@ def test_every_endpoint_agrees_with_the_in_process_twin(
     answered = []
     for row in cr.ENDPOINTS.values():
         request = _request(row)
+        if "batched" in request:  # two points stacked on x (the batched_apply row)
+            inputs = {"x": np.stack([X, 2 * X]), "scale": 1.5}
         try:
             want = local.call(row.name, inputs, **request)
         except cr.ChainruleError as e:  # refused in process: refused the same way remotely
@@ -274,7 +276,10 @@ def test_every_endpoint_agrees_with_the_in_process_twin(
             continue
         _agree(remote.call(row.name, inputs, **request), want)
         answered.append(row.name)
-    assert {"apply", "jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp"} <= set(answered)
+        inputs = {"x": X, "scale": 1.5}
+    assert {"apply", "jvp", "vjp", "jacobian", "batched_jvp", "batched_vjp", "batched_apply"} <= set(
+        answered
+    )
     assert remote.endpoints["vjp"].startswith("remote")
     assert launched.url.startswith("http://127.0.0.1:")
 
