@@ -45,9 +45,12 @@ from chainrule._schema.schema import (
     Schema,
     ShapeDtype,
     UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
 )
 from chainrule._tools.check import GradientReport, check_gradients
-from chainrule._transport.http.client import connect
+from chainrule._transport.connect import connect
 from chainrule._transport.launch.env import ComponentSpec, build_env, load_spec
 from chainrule._transport.launch.launch import Launched, launch
 
@@ -134,6 +137,9 @@ __all__ = [
     "ShapesUnknownError",
     "TransportError",
     "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
     "UnknownPathError",
     "ValidationError",
     "WireFormatError",
