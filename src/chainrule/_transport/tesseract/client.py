@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from . import codec
 from .mirror import Mirror, is_tesseract, mirror
 from .paths import from_tesseract, split, to_tesseract
 
-__all__ = ["TesseractTransport", "connect_tesseract", "is_tesseract_at"]
+__all__ = ["Poster", "TesseractTransport", "connect_tesseract", "is_tesseract_at"]
 
 
 class _Connection(Connection):
@@ -43,9 +43,12 @@ class _Connection(Connection):
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
+    run = ""  # `?run_id=...`: one run folder per client on the server
+
     def post(self, route: str, body: Any) -> Any:
-        status, _, data = self.request("POST", route, codec.dumps(body))
-        where = f"{self.url}{route.split('?')[0]}"
+        """The decoded answer of `POST /route` with `body` (arrays base64-encoded)."""
+        status, _, data = self.request("POST", f"/{route}{self.run}", codec.dumps(body))
+        where = f"{self.url}/{route}"
         if status >= 400:
             raise codec.error(status, bytes(data), where)
         try:
@@ -54,16 +57,24 @@ class _Connection(Connection):
             raise TransportError(f"{where} answered with a body that is not JSON: {e}") from e
 
 
-class TesseractTransport:
-    """The `Transport` of a tesseract-runtime server, described by its OpenAPI (`m`)."""
+class Poster(Protocol):
+    """How a Tesseract is reached: `post(route, body)` answers its route (decoded)."""
 
-    def __init__(self, conn: _Connection, m: Mirror, name: str) -> None:
+    url: str
+
+    def post(self, route: str, body: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class TesseractTransport:
+    """The `Transport` of a Tesseract (a tesseract-runtime server, or a `tesseract_api.py`
+    in this process), described by its OpenAPI (`m`)."""
+
+    def __init__(self, conn: Poster, m: Mirror, name: str) -> None:
         self.conn, self.mirror, self.name = conn, m, name
         self.where = conn.url
-        self.run = f"?run_id=chainrule-{uuid.uuid4().hex}"
         self.abstract_eval = "abstract_eval" in m.routes  # cleared when it fails
-        if m.formats is not None and "json+base64" not in m.formats:
-            conn.accept = "application/json"
 
     def schema(self) -> dict[str, Any]:
         return self.mirror.description(self.name)
@@ -72,7 +83,7 @@ class TesseractTransport:
         self.conn.close()
 
     def _post(self, route: str, body: dict[str, Any]) -> Any:
-        return self.conn.post(f"/{route}{self.run}", body)
+        return self.conn.post(route, body)
 
     def call(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
         inputs = request["inputs"]
@@ -246,6 +257,9 @@ def connect_tesseract(
     try:
         openapi = conn.get_json("/openapi.json")
         m = mirror(openapi, f"{conn.url}/openapi.json")
+        conn.run = f"?run_id=chainrule-{uuid.uuid4().hex}"
+        if m.formats is not None and "json+base64" not in m.formats:
+            conn.accept = "application/json"
         title = openapi.get("info", {}).get("title") if isinstance(openapi, dict) else None
         return remote_component(TesseractTransport(conn, m, str(title or "tesseract")))
     except BaseException:
