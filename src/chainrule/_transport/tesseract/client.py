@@ -12,7 +12,6 @@ folder per client rather than one per call.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, Protocol
 
@@ -52,7 +51,7 @@ class _Connection(Connection):
         if status >= 400:
             raise codec.error(status, bytes(data), where)
         try:
-            return codec.decode(json.loads(bytes(data)), where)
+            return codec.decode(codec.loads(data), where)
         except ValueError as e:
             raise TransportError(f"{where} answered with a body that is not JSON: {e}") from e
 

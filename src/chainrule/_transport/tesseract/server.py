@@ -14,8 +14,6 @@ endpoint the component cannot answer, 500 with the message as text otherwise.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,7 +48,7 @@ def _request_array(node: dict[str, Any]) -> np.ndarray:
     data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
     encoding = data.get("encoding") if isinstance(data, dict) else None
     if encoding == "base64" and data.get("compression", "none") in ("none", None):
-        raw = base64.b64decode(data["buffer"])
+        raw = codec.b64decode(data["buffer"])
         return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     if encoding == "json":
         return np.asarray(data["buffer"], dtype).reshape(shape)
@@ -186,8 +184,8 @@ class TesseractRoutes:
     def respond(self, route: str, body: bytes | bytearray, fmt: str) -> Response:
         try:
             try:
-                request = json.loads(bytes(body))
-            except ValueError as e:
+                request = codec.loads(body)
+            except ValueError as e:  # orjson's JSONDecodeError is a ValueError too
                 raise ValidationError(f"the body is not JSON: {e}") from e
             if not isinstance(request, dict) or not isinstance(request.get("inputs"), dict):
                 raise ValidationError(
@@ -204,7 +202,7 @@ class TesseractRoutes:
         except ChainruleError as e:
             return _error(e, route)
         encoded = codec.encode(result) if fmt == "json+base64" else _json_arrays(result)
-        return Response(json.dumps(encoded), media_type=f"application/{fmt}")
+        return Response(codec.dumps_json(encoded), media_type=f"application/{fmt}")
 
     # ---- the five routes --------------------------------------------------------------------
 
