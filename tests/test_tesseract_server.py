@@ -162,3 +162,28 @@ def test_openapi_accept_and_errors_take_tesseracts_shapes() -> None:
     assert bad[0] == 422
     assert json.loads(bad[2])["detail"][0]["loc"] == ["body", "layers", 0, "w"]
     assert missing[0] == 422 and json.loads(missing[2])["detail"][0]["loc"][1] == "vjp_inputs"
+
+
+def test_apply_then_vjp_runs_one_forward_pass() -> None:
+    """Tesseract's clients send apply, then vjp at the same inputs: the kept linearization
+    answers the vjp (and a vjp at other inputs recomputes)."""
+    forwards = []
+
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="counted")
+    def counted(x: In) -> Out:
+        forwards.append(1)
+        return _model(torch, torch.sin)(x)
+
+    body = {"inputs": {"layers": [{"w": [1.0, 2.0]}], "fields": {"t": [0.5, 0.5]}, "scale": 2}}
+    vjp = {**body, "vjp_inputs": ["layers.[0].w"], "vjp_outputs": ["total"]}
+    vjp["cotangent_vector"] = {"total": [1.0, 1.0]}
+    with cr.serve(counted) as server:
+        base = f"{server.url}/tesseract"
+        assert _post(f"{base}/apply", body)[0] == 200
+        status, _, answer = _post(f"{base}/vector_jacobian_product", vjp, "application/json")
+        assert (status, len(forwards)) == (200, 1)
+        other = {**vjp, "inputs": {**body["inputs"], "scale": 3}}
+        moved = _post(f"{base}/vector_jacobian_product", other, "application/json")
+    assert answer["layers.[0].w"]["data"]["buffer"] == [4.0, 8.0]  # 2·scale·w
+    assert moved[2]["layers.[0].w"]["data"]["buffer"] == [6.0, 12.0]
+    assert len(forwards) == 2

@@ -154,6 +154,7 @@ class TesseractRoutes:
         self.component, self.handler, self.authorize = component, handler, authorize
         self.run, self.limit = run, limit
         self._document: dict[str, Any] | None = None
+        self.kept: str | None = None  # the handle of the last apply's linearization
 
     def openapi(self) -> dict[str, Any]:
         if self._document is None:
@@ -210,7 +211,13 @@ class TesseractRoutes:
         return self.handler.handle(endpoint, tree)
 
     def _apply(self, request: dict[str, Any]) -> Any:
-        return self._call("apply", {"inputs": decode_request(request["inputs"])})["outputs"]
+        # Tesseract's clients follow an apply with the vjp at the same inputs (tesseract-jax
+        # eagerly, tesseract-torch's backward): keep the linearization, and hand its handle
+        # to the next vjp. The component uses a kept linearization only at the point it was
+        # made at (fingerprinted); any other point recomputes, so a stale handle costs nothing.
+        answer = self._call("apply", {"inputs": decode_request(request["inputs"]), "keep": True})
+        self.kept = answer.get("handle")
+        return answer["outputs"]
 
     def _abstract_eval(self, request: dict[str, Any]) -> Any:
         inputs = _zeros(request["inputs"])
@@ -251,6 +258,8 @@ class TesseractRoutes:
             "cotangents": {from_tesseract(q): c for q, c in cotangents.items()},
             "wrt": [from_tesseract(p) for p in wrt],
         }
+        if self.kept is not None:
+            tree["handle"] = self.kept
         result = self._call("vjp", tree)["result"]
         return {p: result[cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
 
