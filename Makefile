@@ -26,6 +26,7 @@ bench: $(STAMP)
 
 bench-peer: $(STAMP)
 	$(PY) bench/peer.py
+	$(PY) bench/peer_runtimes.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

@@ -17,6 +17,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +32,9 @@ PINS = [
     "tesseract-jax==0.4.0",
     "jax==0.10.2",
     "jaxlib==0.10.2",
+    "equinox==0.13.8",  # Tesseract's vectoradd_jax example imports it
 ]
+SDIST = "tesseract-core==1.15.0"  # its examples/ folder holds Tesseract's own example components
 
 
 def python() -> Path:
@@ -91,6 +95,27 @@ def build(force: bool = False) -> Path:
     STAMP.write_text(json.dumps({"pins": PINS}))
     print(f"peer env: ready ({python()})")
     return python()
+
+
+def examples() -> Path:
+    """Tesseract's own example components (`examples/` of the tesseract-core sdist), fetched
+    once from the package index into the peer venv."""
+    target = VENV / "examples"
+    if (target / ".complete").exists():
+        return target
+    build()
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
+              "--no-deps", "--dest", tmp, SDIST])  # fmt: skip
+        (sdist,) = Path(tmp).glob("*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            members = [m for m in tar.getmembers() if "/examples/" in m.name]
+            tar.extractall(tmp, members=members, filter="data")
+        (found,) = Path(tmp).glob("*/examples")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(found, target)
+    (target / ".complete").touch()
+    return target
 
 
 def main() -> None:

@@ -45,11 +45,15 @@ from chainrule._schema.schema import (
     Schema,
     ShapeDtype,
     UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
 )
 from chainrule._tools.check import GradientReport, check_gradients
-from chainrule._transport.http.client import connect
+from chainrule._transport.connect import connect
 from chainrule._transport.launch.env import ComponentSpec, build_env, load_spec
 from chainrule._transport.launch.launch import Launched, launch
+from chainrule._transport.tesseract.local import from_tesseract_api
 
 if TYPE_CHECKING:
     from chainrule._tools.optimize.history import History, OptimizeResult
@@ -134,6 +138,9 @@ __all__ = [
     "ShapesUnknownError",
     "TransportError",
     "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
     "UnknownPathError",
     "ValidationError",
     "WireFormatError",
@@ -144,6 +151,7 @@ __all__ = [
     "component",
     "connect",
     "create_app",
+    "from_tesseract_api",
     "launch",
     "load_spec",
     "optimize",

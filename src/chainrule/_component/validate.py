@@ -394,7 +394,7 @@ def construct_exact(model: type[Schema], data: Any) -> Schema | None:
     for name, spec, kind, required in steps:
         value = data.get(name, _MISSING)
         if value is _MISSING:
-            if required:
+            if required or spec is not None:  # an array's default must be validated (cast)
                 return None
         elif spec is None:
             if type(value) is not kind:

@@ -39,6 +39,9 @@ __all__ = [
     "Schema",
     "ShapeDtype",
     "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
     "array_spec",
     "describe",
     "passthrough",
@@ -52,6 +55,9 @@ Int16 = np.dtype("int16")
 Int32 = np.dtype("int32")
 Int64 = np.dtype("int64")
 UInt8 = np.dtype("uint8")
+UInt16 = np.dtype("uint16")
+UInt32 = np.dtype("uint32")
+UInt64 = np.dtype("uint64")
 Bool = np.dtype("bool")
 Complex64 = np.dtype("complex64")
 Complex128 = np.dtype("complex128")
@@ -346,7 +352,7 @@ def _parse_dtype(dtype: Any) -> np.dtype:
     if parsed is None or parsed.kind not in _KINDS:
         raise SchemaDefinitionError(
             f"Array dtype {dtype!r} is not a numeric dtype; use one of chainrule's Float16/32/64, "
-            "Int8/16/32/64, UInt8, Bool, Complex64/128 (or another numpy numeric dtype)"
+            "Int8/16/32/64, UInt8/16/32/64, Bool, Complex64/128 (or another numpy numeric dtype)"
         )
     return parsed
 

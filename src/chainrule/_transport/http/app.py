@@ -36,6 +36,7 @@ from chainrule._transport import wire as _wire
 from chainrule._transport.handler import Handler
 from chainrule._transport.refusals import Answered, Saturated, TimedOut
 from chainrule._transport.settings import ServerSettings
+from chainrule._transport.tesseract.server import TesseractRoutes
 from chainrule._transport.wire.decoder import decode_counted
 
 from .edge import (
@@ -170,6 +171,25 @@ class _Service:
         return error_response(error, error.status)
 
 
+def _tesseract_routes(app: FastAPI, service: _Service) -> dict[str, Answer]:
+    """Tesseract's HTTP API under /tesseract (`tesseract.server`): its POST routes for the
+    router, its GET /openapi.json and /health here."""
+    tess = TesseractRoutes(
+        service.component, service.handler, service.authorize, service.pool.run,
+        service.limits.json,
+    )  # fmt: skip
+
+    def tesseract_openapi() -> dict[str, Any]:
+        return tess.openapi()
+
+    def tesseract_health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_api_route("/tesseract/openapi.json", tesseract_openapi, include_in_schema=False)
+    app.add_api_route("/tesseract/health", tesseract_health, include_in_schema=False)
+    return tess.routes()
+
+
 def asgi_app(component: Component, settings: ServerSettings | None = None) -> Any:
     """The ASGI application `chainrule serve` runs: `create_app`'s FastAPI app behind its
     `Router`, so the endpoint routes are answered before any of FastAPI's middleware (~0.1 ms
@@ -203,6 +223,7 @@ def create_app(component: Component, settings: ServerSettings | None = None) -> 
         )
     install_openapi(app, defs)
     routes = {f"/{n}": service.answer(n) for n in component.endpoints}
+    routes.update(_tesseract_routes(app, service))
     app.add_middleware(Router, routes=routes)
     app.state.chainrule_routes = routes
 

@@ -23,7 +23,9 @@ from typing import Any
 from chainrule._component.component import Component
 from chainrule._schema.errors import LaunchError
 from chainrule._transport.launch.env import entry_path, load_spec
+from chainrule._transport.launch.spec import is_tesseract_folder
 from chainrule._transport.settings import ServerSettings, is_loopback
+from chainrule._transport.tesseract.local import from_tesseract_api
 
 from .app import asgi_app
 
@@ -150,9 +152,12 @@ def _load_file(path: Path, name: str) -> Any:
 
 
 def load_component(target: str) -> Component:
-    """The component named by `file.py:object`, `package.module:object` or a component folder
-    (one holding a `chainrule.toml` whose `entry` names the object)."""
+    """The component named by `file.py:object`, `package.module:object`, a component folder
+    (one holding a `chainrule.toml` whose `entry` names the object) or a Tesseract's folder
+    (one holding a `tesseract_api.py`, loaded by tesseract-core: `from_tesseract_api`)."""
     path = Path(target)
+    if path.is_dir() and is_tesseract_folder(path):
+        return from_tesseract_api(path)
     if path.is_dir():
         toml = path / "chainrule.toml"
         if not toml.exists():

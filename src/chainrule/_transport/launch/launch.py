@@ -36,6 +36,7 @@ from chainrule._schema.errors import LaunchError
 from . import servers as _servers
 from .env import ComponentSpec, build_env, cache_root, entry_path, load_spec
 from .lifeline import Lifeline
+from .spec import is_tesseract_folder
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component
@@ -77,7 +78,8 @@ def server_command(
     Returns:
         The argv list; the server stops when this process (the caller's pid) exits.
     """
-    target = f"{entry_path(folder, spec)}:{spec.entry.rsplit(':', 1)[1]}"
+    entry = f"{entry_path(folder, spec)}:{spec.entry.rsplit(':', 1)[1]}"
+    target = str(folder) if is_tesseract_folder(folder) else entry  # tesseract-core's loader
     argv = [str(python), "-m", "chainrule", "serve", target, "--host", host, "--port", str(port)]
     argv += ["--parent-pid", str(os.getpid())]
     return argv + (["--workers", str(workers)] if workers > 1 else [])

@@ -28,7 +28,17 @@ import pydantic
 
 from chainrule._schema.errors import LaunchError
 
-__all__ = ["SPEC_FILE", "ComponentSpec", "entry_path", "load_spec", "parse_spec", "read_toml"]
+__all__ = [
+    "SPEC_FILE",
+    "TESSERACT_CORE",
+    "ComponentSpec",
+    "entry_path",
+    "is_tesseract_folder",
+    "load_spec",
+    "parse_spec",
+    "read_toml",
+    "tesseract_spec",
+]
 
 SPEC_FILE = "chainrule.toml"
 
@@ -176,6 +186,8 @@ def load_spec(folder: str | os.PathLike[str]) -> ComponentSpec:
     Example: `load_spec("examples/bands/remote_band").requirements`
     """
     path = Path(folder) / SPEC_FILE
+    if not path.is_file() and is_tesseract_folder(folder):
+        return tesseract_spec(folder)
     if not path.is_file():
         raise LaunchError(
             f"no {SPEC_FILE} in {Path(folder)!s}: a component folder needs one "
@@ -206,3 +218,41 @@ def entry_path(folder: str | os.PathLike[str], spec: ComponentSpec) -> Path:
             f"got {spec.entry_file!r}, which does not exist."
         )
     return file
+
+
+# ----------------------------------------------------------------------------- Tesseract folders
+
+TESSERACT_API = "tesseract_api.py"
+TESSERACT_CORE = "tesseract-core[runtime]==1.15.0"  # the runtime chainrule is tested against
+_NAME_LINE = re.compile(r"^name:\s*[\"']?([A-Za-z0-9][A-Za-z0-9_.-]*)", re.M)
+
+
+def is_tesseract_folder(folder: str | os.PathLike[str]) -> bool:
+    """A Tesseract's folder (`tesseract_api.py`, no `chainrule.toml`): launched and served
+    through tesseract-core's own loader (`chainrule.from_tesseract_api`)."""
+    root = Path(folder)
+    return (root / TESSERACT_API).is_file() and not (root / SPEC_FILE).is_file()
+
+
+def _tesseract_requirements(root: Path) -> list[str]:
+    """The lines of `tesseract_requirements.txt` as requirements: comments, blank lines and
+    pip options (`--index-url ...`) left out, local paths (`./pkg`) made absolute."""
+    path = root / "tesseract_requirements.txt"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    out = []
+    for line in (x.split(" #")[0].strip() for x in lines):
+        if not line or line.startswith(("#", "-")):
+            continue
+        out.append(str((root / line).resolve()) if line.startswith(("./", "../")) else line)
+    return out
+
+
+def tesseract_spec(folder: str | os.PathLike[str]) -> ComponentSpec:
+    """The spec of a Tesseract folder: its name from `tesseract_config.yaml`, its environment
+    tesseract-core's runtime plus `tesseract_requirements.txt`."""
+    root = Path(folder).resolve()
+    config = root / "tesseract_config.yaml"
+    found = _NAME_LINE.search(config.read_text(encoding="utf-8")) if config.is_file() else None
+    name = found.group(1) if found else re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "tesseract"
+    requirements = (TESSERACT_CORE, *_tesseract_requirements(root))
+    return ComponentSpec(name=name, requirements=requirements, entry=f"{TESSERACT_API}:apply")

@@ -1,0 +1,283 @@
+"""The Tesseract HTTP API of a served chainrule component, under `/tesseract`.
+
+Every chainrule server answers Tesseract's routes beside its own, so Tesseract's clients
+drive any chainrule component (JAX, PyTorch, NumPy, remote):
+`Tesseract.from_url(url + "/tesseract")`, tesseract-jax's `apply_tesseract`, tesseract-torch.
+A Tesseract request becomes a chainrule request tree for the server's `Handler` (the same
+checks, limits and NaN policy as chainrule's own routes): its paths (`layers.[0].w`) become
+chainrule's (`layers.0.w`), its array objects numpy arrays; the answer goes back keyed exactly
+as the request named its paths, arrays as base64 (or nested lists, if the client's Accept
+asks for `application/json`). Errors take Tesseract's shapes: 422 with a FastAPI `detail`
+list naming the field (the SDK rebuilds a pydantic `ValidationError` from it), 404 for an
+endpoint the component cannot answer, 500 with the message as text otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive
+
+from chainrule._component.component import Component
+from chainrule._schema.errors import (
+    ChainruleError,
+    EndpointUnavailableError,
+    ValidationError,
+)
+from chainrule._transport.handler import Handler
+from chainrule._transport.http.edge import Answer, read_body
+from chainrule._transport.refusals import Limit
+
+from . import codec
+from .openapi import ROUTES, document
+from .paths import from_tesseract
+
+__all__ = ["TesseractRoutes"]
+
+PREFIX = "/tesseract"
+
+
+def _is_array(node: dict[str, Any]) -> bool:
+    return "data" in node and "shape" in node and "dtype" in node
+
+
+def _request_array(node: dict[str, Any]) -> np.ndarray:
+    data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
+    encoding = data.get("encoding") if isinstance(data, dict) else None
+    if encoding == "base64" and data.get("compression", "none") in ("none", None):
+        raw = codec.b64decode(data["buffer"])
+        return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    if encoding == "json":
+        return np.asarray(data["buffer"], dtype).reshape(shape)
+    raise ValidationError(
+        f"an array encoded as {encoding!r} cannot be read here; send base64 or json arrays",
+        errors=[{"path": "data.encoding", "expected": "base64 or json", "got": encoding}],
+    )
+
+
+def decode_request(tree: Any) -> Any:
+    """A request with each Tesseract array object (`object_type` optional) as numpy."""
+    if isinstance(tree, dict):
+        if _is_array(tree):
+            return _request_array(tree)
+        return {k: decode_request(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [decode_request(v) for v in tree]
+    return tree
+
+
+def _zeros(tree: Any) -> Any:
+    """Abstract inputs (`{"shape", "dtype"}` leaves) as zeros of those shapes and dtypes."""
+    if isinstance(tree, dict):
+        if "shape" in tree and "dtype" in tree:  # `{shape, dtype}`, or a whole array
+            return np.zeros(tuple(tree["shape"]), np.dtype(tree["dtype"]))
+        return {k: _zeros(v) for k, v in tree.items() if k != "object_type"}
+    if isinstance(tree, list):
+        return [_zeros(v) for v in tree]
+    return tree
+
+
+def _json_arrays(tree: Any) -> Any:
+    if isinstance(tree, np.ndarray | np.generic):
+        a = np.asarray(tree)
+        data = {"buffer": a.tolist(), "encoding": "json"}
+        return {"object_type": "array", "shape": list(a.shape), "dtype": a.dtype.name} | {
+            "data": data
+        }
+    if isinstance(tree, dict):
+        return {k: _json_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_json_arrays(v) for v in tree]
+    return tree
+
+
+def _format(accept: str | None) -> str:
+    """The answer's format from Accept: base64 by default (`*/*`, `application/*`)."""
+    if not accept:
+        return "json+base64"
+    for item in accept.split(","):
+        kind, *params = (p.strip().replace(" ", "") for p in item.split(";"))
+        if any(p in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            continue  # refused by the client
+        if kind in ("*/*", "application/*", "application/json+base64"):
+            return "json+base64"
+        if kind == "application/json":
+            return "json"
+    raise _NotAcceptable(accept)
+
+
+class _NotAcceptable(Exception):
+    def __init__(self, accept: str) -> None:
+        super().__init__(accept)
+        self.accept = accept
+
+
+def _loc(error: dict[str, Any], fallback: str) -> list[Any]:
+    path = str(error.get("path") or fallback)
+    return ["body", *[int(p) if p.isdigit() else p for p in path.split(".")]]
+
+
+def _msg(item: dict[str, Any], e: ChainruleError) -> str:
+    """One error's own words: its message, or what was expected and what came."""
+    if "expected" in item and "got" in item:
+        return f"expected {item['expected']}, got {item['got']}"
+    return str(item.get("message") or e.message)
+
+
+def _error(e: ChainruleError, endpoint: str) -> Response:
+    if isinstance(e, EndpointUnavailableError):
+        return JSONResponse({"detail": e.message}, status_code=404)
+    if isinstance(e, ValidationError):
+        items = e.errors or [{}]
+        detail = [
+            {"type": "chainrule_error", "loc": _loc(x, "inputs"), "msg": _msg(x, e), "ctx": {}}
+            for x in items[:20]
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+    return Response(f"{type(e).__name__}: {e.message}", status_code=500, media_type="text/plain")
+
+
+class TesseractRoutes:
+    """Tesseract's routes for one served component, answered through its `Handler`."""
+
+    def __init__(
+        self,
+        component: Component,
+        handler: Handler,
+        authorize: Callable[[Mapping[str, str]], None],
+        run: Callable[..., Any],
+        limit: Limit,
+    ) -> None:
+        self.component, self.handler, self.authorize = component, handler, authorize
+        self.run, self.limit = run, limit
+        self._document: dict[str, Any] | None = None
+        self.kept: str | None = None  # the handle of the last apply's linearization
+
+    def openapi(self) -> dict[str, Any]:
+        if self._document is None:
+            self._document = document(self.component)
+        return self._document
+
+    def routes(self) -> dict[str, Answer]:
+        """`{"/tesseract/<route>": answer}` for the app's router."""
+        return {f"{PREFIX}/{route}": self.answer(route) for route in ROUTES}
+
+    def answer(self, route: str) -> Answer:
+        async def endpoint(headers: Mapping[str, str], receive: Receive) -> Response:
+            try:
+                self.authorize(headers)
+                fmt = _format(headers.get("accept"))
+                body = await read_body(headers, receive, self.limit)
+                response: Response = await self.run(self.respond, route, body, fmt)
+                return response
+            except _NotAcceptable as e:
+                return JSONResponse({"detail": _not_acceptable(e.accept)}, status_code=406)
+            except ChainruleError as e:
+                return _error(e, route)
+            except Exception as e:  # timed out, saturated, or a bug of ours: keep serving
+                return Response(f"/{route}: {e!r}", status_code=500, media_type="text/plain")
+
+        return endpoint
+
+    def respond(self, route: str, body: bytes | bytearray, fmt: str) -> Response:
+        try:
+            try:
+                request = codec.loads(body)
+            except ValueError as e:  # orjson's JSONDecodeError is a ValueError too
+                raise ValidationError(f"the body is not JSON: {e}") from e
+            if not isinstance(request, dict) or not isinstance(request.get("inputs"), dict):
+                raise ValidationError(
+                    "expected a JSON object with 'inputs'",
+                    errors=[{"path": "inputs", "expected": "an object"}],
+                )
+            result = getattr(self, f"_{route}")(request)
+        except KeyError as e:  # a body without a key the route needs
+            error = ValidationError(
+                f"/{route}: the request body has no {e}",
+                errors=[{"path": str(e.args[0]), "message": "Field required"}],
+            )
+            return _error(error, route)
+        except ChainruleError as e:
+            return _error(e, route)
+        encoded = codec.encode(result) if fmt == "json+base64" else _json_arrays(result)
+        return Response(codec.dumps_json(encoded), media_type=f"application/{fmt}")
+
+    # ---- the five routes --------------------------------------------------------------------
+
+    def _call(self, endpoint: str, tree: dict[str, Any]) -> dict[str, Any]:
+        return self.handler.handle(endpoint, tree)
+
+    def _apply(self, request: dict[str, Any]) -> Any:
+        # Tesseract's clients follow an apply with the vjp at the same inputs (tesseract-jax
+        # eagerly, tesseract-torch's backward): keep the linearization, and hand its handle
+        # to the next vjp. The component uses a kept linearization only at the point it was
+        # made at (fingerprinted); any other point recomputes, so a stale handle costs nothing.
+        answer = self._call("apply", {"inputs": decode_request(request["inputs"]), "keep": True})
+        self.kept = answer.get("handle")
+        return answer["outputs"]
+
+    def _abstract_eval(self, request: dict[str, Any]) -> Any:
+        inputs = _zeros(request["inputs"])
+        try:
+            return self._call("eval_shape", {"inputs": inputs})["outputs"]
+        except EndpointUnavailableError:  # shapes that need apply: run it once, on zeros
+            return _shapes(self._call("apply", {"inputs": inputs})["outputs"])
+
+    def _jacobian(self, request: dict[str, Any]) -> Any:
+        wrt, of = list(request["jac_inputs"]), list(request["jac_outputs"])
+        tree = {
+            "inputs": decode_request(request["inputs"]),
+            "wrt": [from_tesseract(p) for p in wrt],
+            "of": [from_tesseract(q) for q in of],
+        }
+        result = self._call("jacobian", tree)["result"]
+        return {
+            q: {p: result[cq][cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
+            for q, cq in zip(of, tree["of"], strict=True)
+        }
+
+    def _jacobian_vector_product(self, request: dict[str, Any]) -> Any:
+        of = list(request["jvp_outputs"])
+        tangents = decode_request(request["tangent_vector"])
+        tree = {
+            "inputs": decode_request(request["inputs"]),
+            "tangents": {from_tesseract(p): t for p, t in tangents.items()},
+            "of": [from_tesseract(q) for q in of],
+        }
+        result = self._call("jvp", tree)["result"]
+        return {q: result[cq] for q, cq in zip(of, tree["of"], strict=True)}
+
+    def _vector_jacobian_product(self, request: dict[str, Any]) -> Any:
+        wrt = list(request["vjp_inputs"])
+        cotangents = decode_request(request["cotangent_vector"])
+        tree = {
+            "inputs": decode_request(request["inputs"]),
+            "cotangents": {from_tesseract(q): c for q, c in cotangents.items()},
+            "wrt": [from_tesseract(p) for p in wrt],
+        }
+        if self.kept is not None:
+            tree["handle"] = self.kept
+        result = self._call("vjp", tree)["result"]
+        return {p: result[cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
+
+
+def _shapes(tree: Any) -> Any:
+    if isinstance(tree, np.ndarray | np.generic):
+        return {"shape": list(np.shape(tree)), "dtype": np.asarray(tree).dtype.name}
+    if isinstance(tree, dict):
+        return {k: _shapes(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_shapes(v) for v in tree]
+    return tree
+
+
+def _not_acceptable(accept: str) -> dict[str, Any]:
+    return {
+        "message": f"cannot answer in any of {accept!r}",
+        "available_formats": ["json+base64", "json"],
+        "available_gpu_transports": ["none"],
+        "available_compressions": ["none"],
+    }
