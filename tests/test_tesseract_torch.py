@@ -5,7 +5,9 @@ float64 and the component's own answers; and one forward pass per gradient."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +155,22 @@ def test_each_gradient_costs_one_forward_pass(runs: dict[str, Run]) -> None:
     it from the linearization kept by that apply (the PyTorch component ran once per point)."""
     _, _, sizes = runs["torch"]
     assert (sizes.count(3), sizes.count(4)) == (1, 1)  # autograd.grad, .backward()
+
+
+def test_guide_snippet_runs_against_a_served_component(tmp_path: Path) -> None:
+    docs = Path(__file__).parents[1] / "docs" / "tesseract"
+    spec = importlib.util.spec_from_file_location("torch_component", docs / "torch_component.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with cr.serve(module.scaled_sum) as server:
+        done = subprocess.run(
+            [str(tesseract_peer.python()), str(docs / "tesseract_torch_client.py")],
+            env={**os.environ, "CHAINRULE_URL": server.url},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("[ 2.0000,  1.0806, -0.8323]") == 2
