@@ -150,11 +150,12 @@ def test_forward_mode_agrees_with_fd(
     np.testing.assert_allclose(got["jvp_y"], mine["y"], rtol=1e-9)
 
 
-def test_each_gradient_costs_one_forward_pass(runs: dict[str, Run]) -> None:
-    """tesseract-torch's backward sends a vjp at the inputs of its apply: the server answers
-    it from the linearization kept by that apply (the PyTorch component ran once per point)."""
+def test_each_derivative_costs_one_forward_pass(runs: dict[str, Run]) -> None:
+    """tesseract-torch's backward (forward mode) sends a vjp (jvp) at the inputs of its apply:
+    the server answers it from the linearization kept by that apply (the PyTorch component
+    ran once per point)."""
     _, _, sizes = runs["torch"]
-    assert (sizes.count(3), sizes.count(4)) == (1, 1)  # autograd.grad, .backward()
+    assert (sizes.count(3), sizes.count(4), sizes.count(5)) == (1, 1, 1)
 
 
 def test_guide_snippet_runs_against_a_served_component(tmp_path: Path) -> None:
