@@ -1,4 +1,5 @@
-"""Build the peer's own environment: `bench/.peer-venv` with Tesseract and Tesseract-JAX.
+"""Build the peer's own environment: `bench/.peer-venv` with Tesseract, Tesseract-JAX and
+Tesseract-Torch.
 
 The peer benchmark (`bench/peer.py`) runs Tesseract's server and client from this venv, never
 from chainrule's, so neither side's dependencies leak into the other. The build is idempotent:
@@ -33,6 +34,10 @@ PINS = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
     "equinox==0.13.8",  # Tesseract's vectoradd_jax example imports it
+    "tesseract-torch==0.1.0",  # the PyTorch client (newest release; takes any tesseract-core)
+    # torch as chainrule's own venv pins it: a CPU wheel found through find-links (other
+    # versions pull multi-GB CUDA builds).
+    "torch==2.13.0",
 ]
 SDIST = "tesseract-core==1.15.0"  # its examples/ folder holds Tesseract's own example components
 

@@ -2,7 +2,7 @@
 (tesseract-core's runtime plus its `tesseract_requirements.txt`) with uv and serves it with
 chainrule's server (`chainrule serve folder`), through tesseract-core's own loader
 (`from_tesseract_api`). Checked against finite differences, and against tesseract-runtime
-serving the same folder, both driven by tesseract-jax."""
+serving the same folder, both driven by tesseract-jax and by tesseract-torch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import numpy as np
@@ -82,24 +83,37 @@ def test_from_tesseract_api_in_the_folders_environment(listdict: cr.Component, c
     np.testing.assert_allclose(got["scale"], 6.0)  # Σ(w² + t)
 
 
-def _drive(url: str) -> dict[str, Any]:
-    script = HERE / "fixtures" / "tesseract" / "drive_vectoradd_jax.py"
-    done = subprocess.run(
-        [str(tesseract_peer.python()), str(script), url], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+def _drive(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What tesseract-jax and tesseract-torch computed at URL (run side by side: most of
+    each run is importing its client)."""
+    scripts = [
+        HERE / "fixtures" / "tesseract" / f"drive_vectoradd_{c}.py" for c in ("jax", "torch")
+    ]
+    python = str(tesseract_peer.python())
+    runs = [
+        subprocess.Popen([python, str(s), url], stdout=PIPE, stderr=PIPE, text=True)
+        for s in scripts
+    ]
+    answers = []
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+        answers.append(json.loads(out))
+    return answers[0], answers[1]
 
 
-def test_tesseract_jax_gets_the_same_numbers_from_both_runtimes(
+def test_tesseract_jax_and_torch_get_the_same_numbers_from_both_runtimes(
     cache: Path, tmp_path: Path
 ) -> None:
     folder = tesseract_peer.example("vectoradd_jax")
     with cr.launch(folder, cache_dir=cache, quiet=True) as comp:
-        ours = _drive(f"{comp.backend.where}/tesseract")
+        ours, ours_torch = _drive(f"{comp.backend.where}/tesseract")
     with tesseract_peer.servers(["vectoradd_jax"], tmp_path) as urls:
-        theirs = _drive(urls["vectoradd_jax"])
+        theirs, theirs_torch = _drive(urls["vectoradd_jax"])
     for key in ("jit_grad", "jvp", "jacrev"):
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, err_msg=key)
     np.testing.assert_allclose(np.asarray(ours["jacrev"]), 2 * np.eye(3), rtol=1e-6)
+    for key in ("grad", "jvp"):  # tesseract-torch: the same loss as tesseract-jax's
+        np.testing.assert_allclose(ours_torch[key], theirs_torch[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(ours_torch["grad"], ours["jit_grad"], rtol=1e-5)
+    np.testing.assert_allclose(ours_torch["jvp"], ours["jvp"], rtol=1e-5)

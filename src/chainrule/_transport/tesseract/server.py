@@ -210,11 +210,17 @@ class TesseractRoutes:
     def _call(self, endpoint: str, tree: dict[str, Any]) -> dict[str, Any]:
         return self.handler.handle(endpoint, tree)
 
+    def _at_kept(self, tree: dict[str, Any]) -> dict[str, Any]:
+        """A derivative request carrying the last apply's handle: the component uses it only
+        at the point it was made at (tesseract-torch's forward mode sends apply, then jvp)."""
+        return tree if self.kept is None else {**tree, "handle": self.kept}
+
     def _apply(self, request: dict[str, Any]) -> Any:
-        # Tesseract's clients follow an apply with the vjp at the same inputs (tesseract-jax
-        # eagerly, tesseract-torch's backward): keep the linearization, and hand its handle
-        # to the next vjp. The component uses a kept linearization only at the point it was
-        # made at (fingerprinted); any other point recomputes, so a stale handle costs nothing.
+        # Tesseract's clients follow an apply with a vjp (tesseract-jax eagerly,
+        # tesseract-torch's backward) or a jvp (tesseract-torch's forward mode) at the same
+        # inputs: keep the linearization, and hand its handle to the next derivative request.
+        # The component uses a kept linearization only at the point it was made at
+        # (fingerprinted); any other point recomputes, so a stale handle costs only that check.
         answer = self._call("apply", {"inputs": decode_request(request["inputs"]), "keep": True})
         self.kept = answer.get("handle")
         return answer["outputs"]
@@ -233,7 +239,7 @@ class TesseractRoutes:
             "wrt": [from_tesseract(p) for p in wrt],
             "of": [from_tesseract(q) for q in of],
         }
-        result = self._call("jacobian", tree)["result"]
+        result = self._call("jacobian", self._at_kept(tree))["result"]
         return {
             q: {p: result[cq][cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
             for q, cq in zip(of, tree["of"], strict=True)
@@ -247,7 +253,7 @@ class TesseractRoutes:
             "tangents": {from_tesseract(p): t for p, t in tangents.items()},
             "of": [from_tesseract(q) for q in of],
         }
-        result = self._call("jvp", tree)["result"]
+        result = self._call("jvp", self._at_kept(tree))["result"]
         return {q: result[cq] for q, cq in zip(of, tree["of"], strict=True)}
 
     def _vector_jacobian_product(self, request: dict[str, Any]) -> Any:
@@ -258,9 +264,7 @@ class TesseractRoutes:
             "cotangents": {from_tesseract(q): c for q, c in cotangents.items()},
             "wrt": [from_tesseract(p) for p in wrt],
         }
-        if self.kept is not None:
-            tree["handle"] = self.kept
-        result = self._call("vjp", tree)["result"]
+        result = self._call("vjp", self._at_kept(tree))["result"]
         return {p: result[cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
 
 
