@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/ci.txt -e '.[all,dev]'
+	$(PY) -m pip install --quiet -r requirements/ci.txt -e '.[all,dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

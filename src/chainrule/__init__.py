@@ -75,10 +75,16 @@ _LAZY = {
     "optimize": ("._tools.optimize.optimize", "jax"),
     "OptimizeResult": ("._tools.optimize.history", "jax"),
     "History": ("._tools.optimize.history", "jax"),
+    "map": ("._scale.fanout", "ray"),
 }
+_SUBMODULES = ("ray",)  # reachable as `chainrule.ray` after `import chainrule`
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         import importlib
 
@@ -146,6 +152,7 @@ __all__ = [
     "create_app",
     "launch",
     "load_spec",
+    "map",
     "optimize",
     "serve",
 ]
