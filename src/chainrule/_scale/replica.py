@@ -131,6 +131,21 @@ class Replica:
         out, arrays = codec.pack(answer)
         return ("ok", out, *codec.buffers(arrays))
 
+    def call_each(
+        self, endpoint: str, check_finite: bool, packed: codec.Packed, *raw: Any
+    ) -> tuple[Any, ...]:
+        """Like `call` for a list of requests, answered one after another (`chainrule.map`
+        sends each replica its share in one call); the first chainrule error ends it."""
+        try:
+            requests = codec.unpack(packed, raw)
+            answers = [
+                self.handler.handle(endpoint, r, check_finite=check_finite) for r in requests
+            ]
+        except ChainruleError as e:
+            return ("error", e.to_dict())
+        out, arrays = codec.pack(answers)
+        return ("ok", out, *codec.buffers(arrays))
+
     def _apply_each(self, tree: dict[str, Any]) -> dict[str, Any]:
         """A batched apply (`batched_apply`'s contract) as one apply per row, where this
         chainrule has no such endpoint: outputs stacked on a leading axis."""

@@ -38,7 +38,7 @@ from . import codec
 __all__ = ["PUT_BYTES", "RayTransport"]
 
 PUT_BYTES = 1 << 20  # arrays this large are put in the object store once, then referred to
-_PUT_ENTRIES = 8  # how many such arrays are remembered
+_PUT_ENTRIES = 4  # how many such arrays stay put (pinned in the object store) for reuse
 _STICKY_ENTRIES = 65536  # handles remembered for routing (a forgotten one is recomputed)
 
 
@@ -72,7 +72,9 @@ class RayTransport:
             return self._split(request)
         handle = request.get("handle")
         index = self._route(handle)
-        answer = self._finish(index, endpoint, self._submit(index, endpoint, request))
+        answer: dict[str, Any] = self._finish(
+            index, endpoint, self._submit(index, endpoint, request)
+        )
         if isinstance(answer.get("handle"), str):
             self._remember(answer["handle"], index)
         return answer
@@ -125,7 +127,8 @@ class RayTransport:
                 self._puts.popitem(last=False)
         return ref
 
-    def _finish(self, index: int, endpoint: str, ref: Any) -> dict[str, Any]:
+    def _finish(self, index: int, endpoint: str, ref: Any) -> Any:
+        """The unpacked answer (tree, or list of trees) of a submitted call."""
         try:
             reply = self._wait(index, ref, endpoint)
         finally:
@@ -133,8 +136,7 @@ class RayTransport:
                 self._busy[index] -= 1
         if reply[0] == "error":
             raise error_from_dict(reply[1])
-        answer: dict[str, Any] = codec.unpack(reply[1], reply[2:])
-        return answer
+        return codec.unpack(reply[1], reply[2:])
 
     def _wait(self, index: int, ref: Any, endpoint: str) -> Any:
         """The reply to `ref`; a Ray failure as a `TransportError` saying what to do."""
@@ -159,7 +161,23 @@ class RayTransport:
         except ray.exceptions.RayError as e:
             raise TransportError(f"{where} failed on /{endpoint}: {e}") from e
 
-    # ---- a batch over the replicas
+    # ---- many requests, or a batch, over the replicas
+
+    def call_each(self, endpoint: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The answers to `requests`, in order: one contiguous share per replica, each sent as
+        one call (`Replica.call_each`), all at once."""
+        pending = []
+        for lo, hi in itertools.pairwise(_bounds(len(requests), len(self.actors))):
+            index = self._route(None)
+            ref = self._submit_each(index, endpoint, requests[lo:hi])
+            pending.append((index, ref))
+        shares: list[list[dict[str, Any]]] = [self._finish(i, endpoint, r) for i, r in pending]
+        return [answer for share in shares for answer in share]
+
+    def _submit_each(self, index: int, endpoint: str, requests: list[dict[str, Any]]) -> Any:
+        packed, arrays = codec.pack(requests)
+        raw = [self._by_reference(a) for a in arrays]
+        return self.actors[index].call_each.remote(endpoint, finite.active(), packed, *raw)
 
     def _split(self, request: dict[str, Any]) -> dict[str, Any]:
         """`batched_apply` cut into one contiguous slice per replica, gathered in order."""
@@ -170,14 +188,18 @@ class RayTransport:
             return self._finish(
                 index, "batched_apply", self._submit(index, "batched_apply", request)
             )
-        bounds = np.linspace(0, size, min(len(self.actors), size) + 1).astype(int)
         pending = []
-        for lo, hi in itertools.pairwise(bounds):
+        for lo, hi in itertools.pairwise(_bounds(size, len(self.actors))):
             part = _slice(request, batched, lo, hi)
             index = self._route(None)
             pending.append((index, self._submit(index, "batched_apply", part)))
         parts = [self._finish(i, "batched_apply", ref) for i, ref in pending]
         return {"outputs": _concatenate([p["outputs"] for p in parts])}
+
+
+def _bounds(size: int, parts: int) -> list[int]:
+    """Where `size` rows are cut into at most `parts` contiguous shares of near-equal size."""
+    return [int(b) for b in np.linspace(0, size, min(parts, size) + 1)]
 
 
 def _first_lines(error: BaseException, most: int = 12) -> str:
