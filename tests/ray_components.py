@@ -32,3 +32,14 @@ def where(inputs: PidIn) -> PidOut:
 def where_vjp(inputs: PidIn, cotangents: dict, wrt: tuple[str, ...]) -> dict:
     time.sleep(inputs.delay)
     return {"x": np.asarray(cotangents["y"]) * (3 * inputs.x**2 - 1)}
+
+
+class Buffer(cr.Schema):
+    x: cr.Array[("n",), cr.Float64]
+
+
+@cr.component(inputs=Buffer, outputs=Buffer, backend="numpy")
+def in_place(inputs: Buffer) -> Buffer:
+    """Writes into its input array (as some legacy code does)."""
+    inputs.x *= 2.0
+    return Buffer(x=inputs.x)

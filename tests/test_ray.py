@@ -26,7 +26,7 @@ import chainrule.jax as crj
 import raycluster
 from cases import CASES, build
 from chainrule._scale.transport import PUT_BYTES, RayTransport
-from ray_components import where
+from ray_components import in_place, where
 from test_jax_binding import (  # noqa: F401  (collected again, over deployed components)
     X,
     test_checkpoint_scan_and_fori_loop,
@@ -142,6 +142,27 @@ def test_a_large_input_is_put_once_for_apply_and_vjp(
     np.testing.assert_allclose(grad["x"], 3 * x**2 - 1, rtol=1e-15)
     assert len(puts) == 2  # x once for all three calls, and the (as large) cotangent
     assert not out.y.flags.writeable  # outputs are views of the object store (documented)
+
+
+def test_inputs_are_read_only_unless_deployed_writable(cluster: raycluster.Head) -> None:
+    x = np.array([1.0, 2.0])
+    with cr.ray.deploy(in_place) as strict, cr.ray.deploy(in_place, writable_inputs=True) as free:
+        with pytest.raises(cr.ComponentError, match="is read-only"):
+            strict.apply({"x": x})
+        np.testing.assert_array_equal(free.apply({"x": x}).x, [2.0, 4.0])
+    np.testing.assert_array_equal(x, [1.0, 2.0])  # the caller's array is never written
+
+
+def test_torch_call_through_a_deployed_component(deployed: dict[str, cr.Component]) -> None:
+    import torch
+
+    import chainrule.torch as crt
+
+    x = torch.tensor([0.3, -0.7, 1.2], dtype=torch.float64, requires_grad=True)
+    out = crt.call(deployed["jax"], {"x": x, "scale": 1.5})
+    (out["y"].sum() + out["s"]).backward()
+    want = 1.5 * torch.cos(x.detach()) + 2 * x.detach() + 3 * x.detach() ** 2
+    torch.testing.assert_close(x.grad, want, rtol=1e-12, atol=1e-12)
 
 
 # ---- residuals on replicas

@@ -51,12 +51,15 @@ def buffers(arrays: list[np.ndarray]) -> list[pickle.PickleBuffer]:
     return [pickle.PickleBuffer(a.data) for a in arrays]
 
 
-def unpack(packed: Packed, raw: Any) -> Any:
-    """The tree of `packed`, its slots filled with read-only views of the buffers `raw`."""
+def unpack(packed: Packed, raw: Any, writable: bool = False) -> Any:
+    """The tree of `packed`, its slots filled with read-only views of the buffers `raw` (with
+    `writable`, private writable copies)."""
     arrays = [
         np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
         for (dtype, shape), buffer in zip(packed.layouts, raw, strict=True)
     ]
+    if writable:
+        arrays = [a.copy() for a in arrays]
     return _raise(packed.skeleton, arrays)
 
 

@@ -53,6 +53,7 @@ def deploy(
     max_restarts: int = 3,
     max_task_retries: int = 3,
     settings: dict[str, Any] | None = None,
+    writable_inputs: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     quiet: bool = True,
 ) -> Iterator[Component]:
@@ -68,6 +69,8 @@ def deploy(
         max_restarts, max_task_retries: how often Ray restarts a dead replica and runs a call
             that was in flight again (every endpoint is a pure function of its request).
         settings: the replicas' server settings (`ServerSettings` fields: limits, NaN policy).
+        writable_inputs: the component writes into its input arrays: give it a private copy
+            of each (else it gets read-only views of Ray's object store, and writing raises).
         cache_dir, quiet: where folder environments are cached; whether to hide uv's output.
 
     Example:
@@ -84,7 +87,7 @@ def deploy(
         max_restarts=max_restarts, max_task_retries=max_task_retries, runtime_env=runtime_env,
         **options,
     )  # fmt: skip
-    actors = [actor_class.remote(source, settings or {}) for _ in range(replicas)]
+    actors = [actor_class.remote(source, settings or {}, writable_inputs) for _ in range(replicas)]
     transport = RayTransport(actors, name, timeout)
     try:
         yield remote_component(transport)

@@ -102,10 +102,15 @@ class Replica:
     Arguments:
         source: the pickled component (`ship`) or a folder's entry `path/file.py:object`.
         settings: the server side's settings, as a dict of `ServerSettings` fields.
+        writable_inputs: give the component writable copies of its input arrays (it writes
+            into them), instead of read-only views of the object store.
     """
 
-    def __init__(self, source: bytes | str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, source: bytes | str, settings: dict[str, Any], writable_inputs: bool = False
+    ) -> None:
         self.handler = Handler(_load(source), ServerSettings(**settings))
+        self.writable = writable_inputs
 
     def pid(self) -> int:
         """The replica's process id (tests kill it to see it restarted)."""
@@ -121,7 +126,7 @@ class Replica:
         """The packed answer to one packed request (`check_finite`: the caller hunts NaNs);
         ("error", dict) for a chainrule error."""
         try:
-            tree = codec.unpack(packed, raw)
+            tree = codec.unpack(packed, raw, self.writable)
             if endpoint == "batched_apply" and endpoint not in ENDPOINTS:
                 answer = self._apply_each(tree)
             else:
@@ -137,7 +142,7 @@ class Replica:
         """Like `call` for a list of requests, answered one after another (`chainrule.map`
         sends each replica its share in one call); the first chainrule error ends it."""
         try:
-            requests = codec.unpack(packed, raw)
+            requests = codec.unpack(packed, raw, self.writable)
             answers = [
                 self.handler.handle(endpoint, r, check_finite=check_finite) for r in requests
             ]
