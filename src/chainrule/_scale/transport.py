@@ -103,11 +103,21 @@ class RayTransport:
 
     # ---- one call
 
-    def _submit(self, index: int, endpoint: str, request: dict[str, Any]) -> Any:
-        packed, arrays = codec.pack(request)
-        raw = [self._by_reference(a) for a in arrays]
-        actor = self.actors[index]
-        return actor.call.remote(endpoint, finite.active(), packed, *raw)
+    def _submit(self, index: int, endpoint: str, request: Any, each: bool = False) -> Any:
+        """Send `request` to replica `index` (`each`: a list of requests, for `call_each`)."""
+        try:
+            packed, arrays = codec.pack(request)
+            raw = [self._by_reference(a) for a in arrays]
+            actor = self.actors[index]
+            method = actor.call_each if each else actor.call
+            return method.remote(endpoint, finite.active(), packed, *raw)
+        except BaseException:
+            self._release(index)  # nothing in flight there after all
+            raise
+
+    def _release(self, index: int) -> None:
+        with self._lock:
+            self._busy[index] -= 1
 
     def _by_reference(self, array: np.ndarray) -> Any:
         """A large array as an object-store reference (put once per content), a small one as
@@ -132,8 +142,7 @@ class RayTransport:
         try:
             reply = self._wait(index, ref, endpoint)
         finally:
-            with self._lock:
-                self._busy[index] -= 1
+            self._release(index)
         if reply[0] == "error":
             raise error_from_dict(reply[1])
         return codec.unpack(reply[1], reply[2:])
@@ -169,15 +178,10 @@ class RayTransport:
         pending = []
         for lo, hi in itertools.pairwise(_bounds(len(requests), len(self.actors))):
             index = self._route(None)
-            ref = self._submit_each(index, endpoint, requests[lo:hi])
+            ref = self._submit(index, endpoint, requests[lo:hi], each=True)
             pending.append((index, ref))
         shares: list[list[dict[str, Any]]] = [self._finish(i, endpoint, r) for i, r in pending]
         return [answer for share in shares for answer in share]
-
-    def _submit_each(self, index: int, endpoint: str, requests: list[dict[str, Any]]) -> Any:
-        packed, arrays = codec.pack(requests)
-        raw = [self._by_reference(a) for a in arrays]
-        return self.actors[index].call_each.remote(endpoint, finite.active(), packed, *raw)
 
     def _split(self, request: dict[str, Any]) -> dict[str, Any]:
         """`batched_apply` cut into one contiguous slice per replica, gathered in order."""

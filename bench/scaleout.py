@@ -1,4 +1,4 @@
-"""Ray benchmark (`chainrule.ray`): fan-out, small calls and 80 MB calls, as ratios, in one run.
+"""Scale-out benchmark (`chainrule.ray`): fan-out, small and 80 MB calls, as ratios, in one run.
 
 1. A latency-bound component (`sleepy`: 50 ms per call, waiting, not computing) over 64
    designs: one after another in-process, against 8 replicas (`chainrule.map`, and one batched
@@ -8,7 +8,7 @@
 3. 80 MB in (1e7 float64) and 80 MB out (`scale`: y = 2x), Ray against HTTP; GB/s counts the
    160 MB that cross per call. Each call sends a new array (no reuse of a put object).
 
-Run: `python bench/ray.py` (`--quick`: fewer repetitions). It starts a local Ray cluster on
+Run: `python bench/scaleout.py` (`--quick`: fewer repetitions). It starts a local Ray cluster on
 127.0.0.1 in this process and stops it at the end.
 """
 
@@ -18,15 +18,14 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# `python bench/ray.py` puts bench/ first on the path, where this file would shadow Ray.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# (Not named bench/ray.py: every script here has bench/ first on its path, where a ray.py
+# would shadow Ray itself, for this script and for any other bench script importing it.)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on 127.0.0.1
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
