@@ -10,6 +10,7 @@ cluster and its drivers must agree on `RAY_AUTH_MODE`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +96,7 @@ class Head:
         self._drain.join(timeout=5)  # its output ended with it
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @contextmanager
