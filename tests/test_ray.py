@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +241,28 @@ def test_a_hung_replica_hits_the_call_timeout(cluster: raycluster.Head) -> None:
         again = comp.apply(x)  # the restarted replica answers
         np.testing.assert_array_equal(again.y, np.zeros(2))
         assert again.pid != first
+
+
+DRIVER = """
+import sys
+import numpy as np
+import chainrule as cr
+from ray_components import where
+
+with cr.ray.deploy(where, replicas=2, address=sys.argv[1], num_cpus=0.5) as comp:
+    out = comp.apply({"x": np.array([2.0])})
+    assert out.y.tolist() == [6.0], out
+print("joined", out.pid)
+"""
+
+
+def test_a_new_driver_joins_an_existing_cluster_by_address(cluster: raycluster.Head) -> None:
+    env = {**os.environ, **raycluster.LOOPBACK, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, cluster.address], env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "joined" in done.stdout, done.stderr[-3000:]
 
 
 # ---- folders in their own environments
