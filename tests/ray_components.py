@@ -19,13 +19,15 @@ class PidIn(cr.Schema):
 class PidOut(cr.Schema):
     y: cr.Differentiable[cr.Array[("n",), cr.Float64]]
     pid: int
+    process: cr.Array[(), cr.Int64]  # the pid again, as an array: a batched apply stacks it
 
 
 @cr.component(inputs=PidIn, outputs=PidOut, backend="numpy")
 def where(inputs: PidIn) -> PidOut:
     """y = x³ - x, and the process that computed it."""
     time.sleep(inputs.delay)
-    return PidOut(y=inputs.x**3 - inputs.x, pid=os.getpid())
+    pid = os.getpid()
+    return PidOut(y=inputs.x**3 - inputs.x, pid=pid, process=np.int64(pid))
 
 
 @where.def_vjp

@@ -96,14 +96,40 @@ def replica_pid(component: cr.Component, index: int) -> int:
 # ---- batches over the replicas
 
 
-def test_vmap_of_64_designs_equals_the_serial_loop(pids: cr.Component) -> None:
+def test_vmap_of_64_designs_is_one_batched_apply_split_over_the_replicas(
+    pids: cr.Component, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = transport_of(pids)
+    sent: list[str] = []
+    call = transport.call
+    monkeypatch.setattr(transport, "call", lambda e, r: sent.append(e) or call(e, r))
     designs = np.linspace(-1.0, 1.0, 64 * 3).reshape(64, 3)
-    f = lambda x: crj.call(pids, {"x": x})["y"]  # noqa: E731
-    serial = np.stack([np.asarray(f(d)) for d in designs])
-    np.testing.assert_array_equal(np.asarray(jax.vmap(f)(designs)), serial)
+
+    def f(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = crj.call(pids, {"x": x})
+        return out["y"], out["process"]
+
+    serial = np.stack([np.asarray(f(d)[0]) for d in designs])
+    sent.clear()
+    ys, processes = jax.vmap(f)(designs)
+    assert sent == ["batched_apply"]  # one request for the 64 designs
+    np.testing.assert_array_equal(np.asarray(ys), serial)
     np.testing.assert_allclose(serial, designs**3 - designs, rtol=1e-15)
-    grads = jax.vmap(jax.grad(lambda x: jnp.sum(f(x))))(designs)
-    np.testing.assert_allclose(grads, 3 * designs**2 - 1, rtol=1e-14)
+    rows = np.asarray(processes).tolist()  # which replica's process answered each design
+    assert [rows.count(p) for p in dict.fromkeys(rows)] == [16] * 4, rows
+
+
+def test_jit_vmap_grad_over_the_replicas_matches_finite_differences(pids: cr.Component) -> None:
+    designs = np.linspace(-1.0, 1.0, 16 * 3).reshape(16, 3)
+    loss = lambda x: jnp.sum(crj.call(pids, {"x": x})["y"] ** 2)  # noqa: E731
+    grads = np.asarray(jax.jit(jax.vmap(jax.grad(loss)))(designs))
+    batch = jax.vmap(loss)  # central differences, each shift of the 16 designs one batch
+    h = 1e-6
+    fd = np.stack(
+        [(batch(designs + h * e) - batch(designs - h * e)) / (2 * h) for e in np.eye(3)], axis=1
+    )
+    np.testing.assert_allclose(grads, fd, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(grads, 2 * (designs**3 - designs) * (3 * designs**2 - 1), rtol=1e-13)
 
 
 def test_map_spreads_the_inputs_over_the_replicas_in_order(pids: cr.Component) -> None:
@@ -120,8 +146,8 @@ def test_a_batched_apply_is_split_across_the_replicas_in_order(pids: cr.Componen
     x = np.arange(24.0).reshape(8, 3)
     request = {"inputs": {"x": x, "delay": 0.0}, "batched": ["x"]}
     answer = transport_of(pids).call("batched_apply", request)
-    np.testing.assert_array_equal(answer["outputs"]["y"], x**3 - x)
-    rows = list(answer["outputs"]["pid"])
+    np.testing.assert_array_equal(answer["result"]["y"], x**3 - x)
+    rows = list(answer["result"]["process"])
     assert rows == sorted(rows, key=rows.index)  # each replica answered one contiguous slice
     assert len(set(rows)) == 4 and [rows.count(p) for p in dict.fromkeys(rows)] == [2] * 4
 

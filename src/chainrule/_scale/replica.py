@@ -23,10 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from chainrule._component.component import Component
-from chainrule._component.endpoints import ENDPOINTS
 from chainrule._component.residuals import ResidualCache
 from chainrule._schema.errors import ChainruleError
 from chainrule._transport.handler import Handler
@@ -127,10 +124,7 @@ class Replica:
         ("error", dict) for a chainrule error."""
         try:
             tree = codec.unpack(packed, raw, self.writable)
-            if endpoint == "batched_apply" and endpoint not in ENDPOINTS:
-                answer = self._apply_each(tree)
-            else:
-                answer = self.handler.handle(endpoint, tree, check_finite=check_finite)
+            answer = self.handler.handle(endpoint, tree, check_finite=check_finite)
         except ChainruleError as e:
             return ("error", e.to_dict())
         out, arrays = codec.pack(answer)
@@ -150,26 +144,3 @@ class Replica:
             return ("error", e.to_dict())
         out, arrays = codec.pack(answers)
         return ("ok", out, *codec.buffers(arrays))
-
-    def _apply_each(self, tree: dict[str, Any]) -> dict[str, Any]:
-        """A batched apply (`batched_apply`'s contract) as one apply per row, where this
-        chainrule has no such endpoint: outputs stacked on a leading axis."""
-        inputs, batched = tree["inputs"], list(tree.get("batched") or [])
-        size = len(codec.get_path(inputs, batched[0])) if batched else 1
-        rows = []
-        for b in range(size):
-            one = codec.copy_tree(inputs)
-            for path in batched:
-                codec.set_path(one, path, codec.get_path(inputs, path)[b])
-            rows.append(self.handler.handle("apply", {"inputs": one})["outputs"])
-        return {"outputs": _stack(rows)}
-
-
-def _stack(rows: list[Any]) -> Any:
-    """Trees of the same structure, each leaf stacked on a new leading axis."""
-    first = rows[0]
-    if isinstance(first, dict):
-        return {k: _stack([r[k] for r in rows]) for k in first}
-    if isinstance(first, list):
-        return [_stack([r[i] for r in rows]) for i in range(len(first))]
-    return np.stack([np.asarray(r) for r in rows])

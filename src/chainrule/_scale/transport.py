@@ -184,21 +184,28 @@ class RayTransport:
         return [answer for share in shares for answer in share]
 
     def _split(self, request: dict[str, Any]) -> dict[str, Any]:
-        """`batched_apply` cut into one contiguous slice per replica, gathered in order."""
+        """`batched_apply` cut into one contiguous slice per replica, each answered by that
+        replica's `Handler` (its backend's own batched apply), gathered in order."""
         inputs, batched = request["inputs"], list(request.get("batched") or [])
-        size = len(codec.get_path(inputs, batched[0])) if batched else 1
-        if size < 2:  # nothing to split
-            index = self._route(None)
-            return self._finish(
-                index, "batched_apply", self._submit(index, "batched_apply", request)
-            )
+        size = _batch_size(inputs, batched)
         pending = []
         for lo, hi in itertools.pairwise(_bounds(size, len(self.actors))):
-            part = _slice(request, batched, lo, hi)
+            part = _slice(request, batched, lo, hi) if size > 1 else request
             index = self._route(None)
             pending.append((index, self._submit(index, "batched_apply", part)))
         parts = [self._finish(i, "batched_apply", ref) for i, ref in pending]
-        return {"outputs": _concatenate([p["outputs"] for p in parts])}
+        if len(parts) == 1:
+            return parts[0]
+        return {"result": _concatenate([p["result"] for p in parts])}
+
+
+def _batch_size(inputs: Any, batched: list[str]) -> int:
+    """Rows of the batch (1 where there is nothing to split: the replica reports what is
+    malformed, as for any request)."""
+    try:
+        return max(1, len(codec.get_path(inputs, batched[0])))
+    except (IndexError, KeyError, TypeError, ValueError):
+        return 1
 
 
 def _bounds(size: int, parts: int) -> list[int]:
