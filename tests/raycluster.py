@@ -1,7 +1,8 @@
-"""A local Ray cluster for tests and benchmarks: one head on 127.0.0.1 only, our own child
-process, stopped by its PID (never `ray stop`, which stops every Ray process on the machine).
+"""A local Ray cluster for tests: a simulated cluster of several nodes on 127.0.0.1 only, in
+our own child process, stopped through it (never `ray stop`, which stops every Ray process on
+the machine).
 
-Importing this module sets, for this process and the head, what keeps Ray on loopback and off
+Importing this module sets, for this process and the cluster, what keeps Ray on loopback and off
 token auth: Ray reads `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` when it is imported (without it, Ray
 swaps 127.0.0.1 for the machine's outward address, and a driver hangs connecting), and a
 cluster and its drivers must agree on `RAY_AUTH_MODE`.
@@ -16,11 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 LOOPBACK = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -32,13 +31,6 @@ for _key, _value in LOOPBACK.items():
 
 import ray  # noqa: E402  (after the variables above, which Ray reads at import)
 
-RAY = Path(sys.executable).parent / "ray"
-_PORT_FLAGS = (
-    "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-    "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port",
-    "--object-manager-port",
-)  # fmt: skip
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -46,69 +38,86 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Head:
-    """`ray start --head --block` as our child, in its own session and temp dir; every port
-    it opens is chosen free (Ray's fixed defaults collide between clusters on one machine)."""
+class Nodes:
+    """A simulated cluster of `count` nodes on this machine (`ray.cluster_utils.Cluster`: one
+    raylet and object store each, the first also the head), on loopback, in its own temp dir
+    and on free ports.
 
-    def __init__(self, num_cpus: int = 2) -> None:
+    The `Cluster` lives in a child process of ours (this file run as a script), not in the
+    test process: it starts its nodes in-process and leaves their log files for the garbage
+    collector (warnings, which the tests turn into errors). Closing the child's stdin shuts the
+    cluster down; its reapers stop the nodes if the child dies.
+    """
+
+    def __init__(self, count: int = 2, num_cpus: int = 1) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths
-        self.port = free_port()
-        argv = [
-            str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-            f"--port={self.port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
-            "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-            *(f"{flag}={free_port()}" for flag in _PORT_FLAGS),
-        ]  # fmt: skip
-        self.log: list[str] = []
+        argv = [sys.executable, __file__, str(count), str(num_cpus), self.temp_dir]
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **LOOPBACK}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            argv, env={**os.environ, **LOOPBACK}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, start_new_session=True,
         )  # fmt: skip
-        self._wait_started()
-
-    def _wait_started(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if "Ray runtime started" in line:
-                break
-        else:
-            raise RuntimeError("ray start failed:\n" + "".join(self.log[-30:]))
-        # Keep draining its output so that it never blocks on a full pipe.
-        self._drain = threading.Thread(
-            target=self.log.extend, args=(self.proc.stdout,), daemon=True
-        )
-        self._drain.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        line = self.proc.stdout.readline().split()  # "ready <address> <node id>..."
+        if line[:1] != ["ready"]:
+            self.stop()
+            raise RuntimeError(f"the simulated cluster did not start: {line}")
+        self.address, self.node_ids = line[1], line[2:]
 
     def stop(self) -> None:
-        """SIGTERM to our `ray start --block` (it tears its node down), then SIGKILL to the
-        process group if anything is left after 20 s."""
-        self.proc.terminate()
+        """End of input: the child shuts the cluster down; SIGKILL to its group after 30 s."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
-        self._drain.join(timeout=5)  # its output ended with it
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.proc.stdout.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@contextmanager
-def local_cluster(num_cpus: int = 2) -> Iterator[Head]:
-    """A head on loopback with this process connected to it as a driver."""
-    head = Head(num_cpus)
+def _serve_nodes(count: int, num_cpus: int, temp_dir: str) -> None:
+    """The child of `Nodes`: start the cluster, say where it is, shut it down at end of input.
+    The head writes its address for `ray.init("auto")` (and `shutdown` deletes it) under
+    RAY_TMPDIR: ours, not the machine's /tmp/ray that other clusters read."""
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
+    cluster = Cluster()
     try:
-        ray.init(address=head.address)
-        yield head
+        nodes = [cluster.add_node(**_node_args(num_cpus, n == 0, temp_dir)) for n in range(count)]
+        cluster.wait_for_nodes(timeout=60)
+        print("ready", cluster.address, *(n.node_id for n in nodes), flush=True)
+        sys.stdin.read()
+    finally:
+        cluster.shutdown()
+
+
+def _node_args(num_cpus: int, head: bool, temp_dir: str) -> dict[str, object]:
+    ports = (
+        "dashboard_agent_listen_port", "metrics_export_port", "metrics_agent_port",
+        "runtime_env_agent_port", "node_manager_port", "object_manager_port",
+    )  # fmt: skip
+    args: dict[str, object] = {port: free_port() for port in ports}
+    if head:
+        args.update(gcs_server_port=free_port(), ray_client_server_port=free_port())
+    return {
+        **args, "node_ip_address": "127.0.0.1", "num_cpus": num_cpus,
+        "include_dashboard": False, "temp_dir": temp_dir,
+    }  # fmt: skip
+
+
+@contextmanager
+def simulated_nodes(count: int = 2, num_cpus: int = 1) -> Iterator[Nodes]:
+    """`count` nodes on loopback with this process connected to the head as a driver."""
+    nodes = Nodes(count, num_cpus)
+    try:
+        ray.init(address=nodes.address)
+        yield nodes
     finally:
         ray.shutdown()
-        head.stop()
+        nodes.stop()
 
 
 def wait_for(predicate: object, timeout: float = 60.0) -> None:
@@ -118,3 +127,7 @@ def wait_for(predicate: object, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    _serve_nodes(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

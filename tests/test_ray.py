@@ -1,5 +1,6 @@
-"""`chainrule.ray`: components deployed as Ray actors, on one local cluster bound to 127.0.0.1
-(our own `ray start --head --block`, stopped by its PID) shared by the whole module.
+"""`chainrule.ray`: components deployed as Ray actors, on one simulated cluster of two nodes
+bound to 127.0.0.1 (`ray.cluster_utils.Cluster`: two raylets and object stores, in a child
+process of ours that shuts them down) shared by the whole module.
 
 The `chainrule.jax.call` transformation table (tests/test_jax_binding.py) runs again here,
 through a deployed component of each backend: its tests are imported, and this module's `kind`
@@ -17,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,13 +48,13 @@ BACKENDS = ("jax", "torch", "numpy", "written")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[raycluster.Head]:
-    with raycluster.local_cluster(num_cpus=2) as head:
-        yield head
+def cluster() -> Iterator[raycluster.Nodes]:
+    with raycluster.simulated_nodes(count=2, num_cpus=1) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
-def deployed(cluster: raycluster.Head) -> Iterator[dict[str, cr.Component]]:
+def deployed(cluster: raycluster.Nodes) -> Iterator[dict[str, cr.Component]]:
     """The `vector` case of each backend, deployed (one replica each)."""
     with (
         cr.ray.deploy(build(CASES[0], "jax")) as jax_,
@@ -75,7 +77,7 @@ def kind(
 
 
 @pytest.fixture(scope="module")
-def pids(cluster: raycluster.Head) -> Iterator[cr.Component]:
+def pids(cluster: raycluster.Nodes) -> Iterator[cr.Component]:
     """`where` (says which process ran it) on 4 replicas."""
     with cr.ray.deploy(where, replicas=4) as comp:
         yield comp
@@ -132,6 +134,29 @@ def test_jit_vmap_grad_over_the_replicas_matches_finite_differences(pids: cr.Com
     np.testing.assert_allclose(grads, 2 * (designs**3 - designs) * (3 * designs**2 - 1), rtol=1e-13)
 
 
+def test_the_replicas_are_spread_over_both_nodes_and_answer_from_each(
+    cluster: raycluster.Nodes, pids: cr.Component
+) -> None:
+    import ray
+
+    def node_of(actor: Any) -> str:  # the node the replica's actor runs on
+        found = actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+        return str(ray.get(found, timeout=60))
+
+    nodes = set(cluster.node_ids)
+    placed = [node_of(a) for a in transport_of(pids).actors]
+    assert len(nodes) == 2 and set(placed) == nodes, (placed, nodes)
+    x = np.linspace(-2.0, 2.0, 8 * 3).reshape(8, 3)
+    ys, processes = jax.vmap(
+        lambda v: tuple(crj.call(pids, {"x": v})[k] for k in ("y", "process"))
+    )(x)
+    np.testing.assert_array_equal(np.asarray(ys), x**3 - x)
+    on = {replica_pid(pids, i): node for i, node in enumerate(placed)}
+    assert {on[int(p)] for p in np.asarray(processes)} == nodes  # both nodes answered
+    grad = jax.grad(lambda v: jnp.sum(crj.call(pids, {"x": v})["y"]))(x[0])
+    np.testing.assert_allclose(grad, 3 * x[0] ** 2 - 1, rtol=1e-15)
+
+
 def test_map_spreads_the_inputs_over_the_replicas_in_order(pids: cr.Component) -> None:
     xs = [np.full(2, float(i)) for i in range(16)]
     outs = cr.map(pids, [{"x": x, "delay": 0.05} for x in xs])
@@ -172,7 +197,7 @@ def test_a_large_input_is_put_once_for_apply_and_vjp(
     assert not out.y.flags.writeable  # outputs are views of the object store (documented)
 
 
-def test_inputs_are_read_only_unless_deployed_writable(cluster: raycluster.Head) -> None:
+def test_inputs_are_read_only_unless_deployed_writable(cluster: raycluster.Nodes) -> None:
     x = np.array([1.0, 2.0])
     with cr.ray.deploy(in_place) as strict, cr.ray.deploy(in_place, writable_inputs=True) as free:
         with pytest.raises(cr.ComponentError, match="is read-only"):
@@ -244,7 +269,7 @@ def _descend(component: cr.Component, steps: int, kill_after: float | None) -> n
     return np.asarray(x)
 
 
-def test_kill_9_mid_optimization_gives_the_undisturbed_answer(cluster: raycluster.Head) -> None:
+def test_kill_9_mid_optimization_gives_the_undisturbed_answer(cluster: raycluster.Nodes) -> None:
     with cr.ray.deploy(where) as comp:
         calm = _descend(comp, 40, None)
         before = replica_pid(comp, 0)
@@ -254,7 +279,7 @@ def test_kill_9_mid_optimization_gives_the_undisturbed_answer(cluster: raycluste
     np.testing.assert_array_equal(disturbed, calm)
 
 
-def test_a_hung_replica_hits_the_call_timeout(cluster: raycluster.Head) -> None:
+def test_a_hung_replica_hits_the_call_timeout(cluster: raycluster.Nodes) -> None:
     with cr.ray.deploy(where, timeout=2.0) as comp:
         x = {"x": np.ones(2)}
         first = comp.apply(x).pid
@@ -282,7 +307,7 @@ print("joined", out.pid)
 """
 
 
-def test_a_new_driver_joins_an_existing_cluster_by_address(cluster: raycluster.Head) -> None:
+def test_a_new_driver_joins_an_existing_cluster_by_address(cluster: raycluster.Nodes) -> None:
     env = {**os.environ, **raycluster.LOOPBACK, "PYTHONPATH": str(Path(__file__).parent)}
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, cluster.address], env=env, capture_output=True,
@@ -295,7 +320,7 @@ def test_a_new_driver_joins_an_existing_cluster_by_address(cluster: raycluster.H
 
 
 def test_a_folder_runs_in_its_own_environment_with_the_other_numpy_major(
-    cluster: raycluster.Head, tmp_path_factory: pytest.TempPathFactory
+    cluster: raycluster.Nodes, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """numpy1 pins numpy<2, against this process's numpy 2: arrays cross as raw buffers."""
     assert int(np.__version__.split(".")[0]) == 2
@@ -310,7 +335,7 @@ def test_a_folder_runs_in_its_own_environment_with_the_other_numpy_major(
 
 
 def test_another_python_minor_is_refused_before_anything_is_built(
-    cluster: raycluster.Head, tmp_path: Path
+    cluster: raycluster.Nodes, tmp_path: Path
 ) -> None:
     folder = tmp_path / "py312"
     shutil.copytree(FIXTURES / "numpy2", folder)

@@ -49,6 +49,7 @@ def deploy(
     num_gpus: float | None = None,
     memory: int | None = None,
     resources: dict[str, float] | None = None,
+    scheduling_strategy: Any = "SPREAD",
     timeout: float | None = 600.0,
     max_restarts: int = 3,
     max_task_retries: int = 3,
@@ -65,6 +66,8 @@ def deploy(
         address: the cluster. `None`: the one this process is connected to, else a new local
             one (`ray.init()`); `"auto"` or `"host:port"` or `"ray://host:port"`: an existing one.
         num_cpus, num_gpus, memory, resources: what each replica reserves (Ray's actor options).
+        scheduling_strategy: where Ray places the replicas (its actor option): by default
+            spread over the cluster's nodes, so that a batch runs on all of them.
         timeout: seconds a call may take; later, a `TransportError`, and the replica restarts.
         max_restarts, max_task_retries: how often Ray restarts a dead replica and runs a call
             that was in flight again (every endpoint is a pure function of its request).
@@ -85,7 +88,7 @@ def deploy(
     options = _actor_options(num_cpus, num_gpus, memory, resources)
     actor_class = ray.remote(Replica).options(
         max_restarts=max_restarts, max_task_retries=max_task_retries, runtime_env=runtime_env,
-        **options,
+        scheduling_strategy=scheduling_strategy, **options,
     )  # fmt: skip
     actors = [actor_class.remote(source, settings or {}, writable_inputs) for _ in range(replicas)]
     transport = RayTransport(actors, name, timeout)
