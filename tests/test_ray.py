@@ -177,6 +177,35 @@ def test_a_batched_apply_is_split_across_the_replicas_in_order(pids: cr.Componen
     assert len(set(rows)) == 4 and [rows.count(p) for p in dict.fromkeys(rows)] == [2] * 4
 
 
+def test_the_starts_of_a_multistart_optimize_run_at_once_over_the_replicas(
+    pids: cr.Component, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = transport_of(pids)
+    most = [0]  # the most calls in flight at once, over all replicas
+    route = transport._route
+
+    def counting(handle: object) -> int:
+        index = route(handle)
+        most[0] = max(most[0], sum(transport._busy))
+        return index
+
+    monkeypatch.setattr(transport, "_route", counting)
+    loss = lambda x: jnp.sum(crj.call(pids, {"x": x, "delay": 0.01})["y"] ** 2)  # noqa: E731
+    starts = [np.array([s, -s]) for s in (0.2, 0.5, 1.3, -1.6)]
+    run = lambda workers: cr.optimize(  # noqa: E731
+        loss, starts, method="sgd", learning_rate=0.05, max_steps=8, tol=None,
+        multistart=True, workers=workers, progress=False,
+    )  # fmt: skip
+    alone = run(1)
+    assert most[0] == 1
+    together = run(4)
+    assert most[0] >= 2, "the starts did not overlap"
+    for a, b in zip(alone.runs, together.runs, strict=True):
+        np.testing.assert_array_equal(a.history.objective, b.history.objective)
+        np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(together.x, alone.x)  # the same best start
+
+
 # ---- data
 
 
