@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-terrain test lint bench bench-peer docs
+.PHONY: demo demo-terrain test lint bench bench-ray bench-peer docs
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/ci.txt -e '.[all,dev,bench]'
+	$(PY) -m pip install --quiet -r requirements/ci.txt -e '.[all,dev,bench,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +23,9 @@ bench: $(STAMP)
 	$(PY) bench/pipeline.py
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
+
+bench-ray: $(STAMP)
+	$(PY) bench/scaleout.py
 
 bench-peer: $(STAMP)
 	$(PY) bench/peer.py

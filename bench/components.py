@@ -24,3 +24,17 @@ def scale(inputs: In) -> Out:
 @scale.def_vjp
 def _scale_vjp(inputs: In, cotangents: dict[str, Any]) -> dict[str, Any]:
     return {"x": 2.0 * cotangents["y"]}
+
+
+class Wait(cr.Schema):
+    x: cr.Differentiable[cr.Array[(3,), cr.Float64]]
+
+
+@cr.component(inputs=Wait, outputs=Wait, backend="numpy")
+def sleepy(inputs: Wait) -> Wait:
+    """50 ms per call, waiting rather than computing: a latency-bound component (an external
+    solver, I/O), whose calls overlap even on a machine with few cores."""
+    import time
+
+    time.sleep(0.05)
+    return Wait(x=inputs.x + 1.0)

@@ -100,7 +100,15 @@ def test_each_layer_is_a_folder() -> None:
     for layer in LAYERS:
         assert (PACKAGE / layer / "__init__.py").is_file(), layer
     top = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
-    assert top == {"__init__.py", "__main__.py", "jax.py", "torch.py", "soft.py", "plot.py"}
+    assert top == {
+        "__init__.py",
+        "__main__.py",
+        "jax.py",
+        "torch.py",
+        "soft.py",
+        "plot.py",
+        "ray.py",
+    }
 
 
 def test_no_import_circle() -> None:

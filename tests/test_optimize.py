@@ -428,6 +428,34 @@ def test_multistart_needs_a_list() -> None:
         optimize(double_well, np.array([1.0]), multistart=True)
 
 
+@pytest.mark.parametrize("method", ["adam", "L-BFGS-B"])
+def test_multistart_workers_run_the_starts_at_once_with_the_same_results(method: str) -> None:
+    starts = [np.array([1.5]), np.array([0.4]), np.array([-0.2]), np.array([2.0])]
+    one = optimize(double_well, starts, method=method, max_steps=30, multistart=True)
+    four = optimize(double_well, starts, method=method, max_steps=30, multistart=True, workers=4)
+    for a, b in zip(one.runs, four.runs, strict=True):
+        np.testing.assert_array_equal(a.history.objective, b.history.objective)
+    assert four.x.dtype == np.float64 and four.x == one.x  # x64 in the worker threads too
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"workers": 0}, "workers= must be a whole number of at least 1, got 0"),
+        ({"workers": 2}, r"workers=2 runs the starts of multistart=True at once.*multistart=False"),
+        ({"workers": 2, "multistart": True, "progress": True}, r"with progress=True.*Fix: pass"),
+        (
+            {"workers": 2, "multistart": True, "components": [build(CASES[0], "numpy")]},
+            "components=",
+        ),
+    ],
+)
+def test_multistart_workers_refuse_what_they_cannot_honour(extra: Any, match: str) -> None:
+    starts = [np.array([1.5]), np.array([0.4])]
+    with pytest.raises(cr.ValidationError, match=match):
+        optimize(double_well, starts if extra.get("multistart") else starts[0], **extra)
+
+
 # ---- output, arguments and messages -----------------------------------------------------------
 
 

@@ -79,10 +79,16 @@ _LAZY = {
     "optimize": ("._tools.optimize.optimize", "jax"),
     "OptimizeResult": ("._tools.optimize.history", "jax"),
     "History": ("._tools.optimize.history", "jax"),
+    "map": ("._scale.fanout", "ray"),
 }
+_SUBMODULES = ("ray",)  # reachable as `chainrule.ray` after `import chainrule`
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         import importlib
 
@@ -154,6 +160,7 @@ __all__ = [
     "from_tesseract_api",
     "launch",
     "load_spec",
+    "map",
     "optimize",
     "serve",
 ]

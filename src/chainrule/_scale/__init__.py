@@ -1,2 +1,2 @@
-"""Layer 6, scale: components on many machines (Ray actors, parallel batches). Empty until the
-Ray transport lands; it will import only the layers above it."""
+"""Layer 6, scale: components on many machines: Ray actors serving a component in its own
+environment (`deploy`, `replica`, `transport`), and many inputs spread over them (`fanout`)."""

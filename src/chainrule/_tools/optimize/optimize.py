@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,7 @@ def optimize(
     progress: bool | None = None,
     jit: bool = True,
     multistart: bool = False,
+    workers: int = 1,
     resume: History | str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 10,
@@ -300,6 +302,10 @@ def optimize(
         jit: jit-compile the value-and-gradient and update functions.
         multistart: run from every point of the list `x0`; return the best result, with all of
             them in `result.runs`.
+        workers: with `multistart`, how many starts run at once, each in a thread of its own
+            (a component deployed on N Ray replicas evaluates N starts side by side). Each run
+            computes as it would alone. The per-step call counts of one run would include the
+            other runs' calls, so `components=` needs `workers=1`; no progress bar is shown.
         resume: a `History` (or a path saved by `History.save`) of an interrupted run, to
             continue from its last parameters. optax methods also restore the saved optimizer
             state, so the run continues exactly as if never interrupted; scipy methods restart
@@ -339,12 +345,13 @@ def optimize(
         name, transform, bounds, constraints, learning_rate=learning_rate, options=options
     )
     rules = Rules(tol, ftol, max_steps, time_budget, callback)
-    show = sys.stdout.isatty() if progress is None else bool(progress)
+    _check_workers(workers, multistart, components, progress)
+    show = (sys.stdout.isatty() and workers == 1) if progress is None else bool(progress)
     setup = _Setup(problem, rules, _watched(components), show, bounds, constraints, options)
     if not multistart:
         path = None if checkpoint is None else Path(checkpoint)
         return _single(setup, x0, _load_resume(resume, x0), path, checkpoint_every, name)
-    return _multistart(setup, x0, resume, checkpoint)
+    return _multistart(setup, x0, resume, checkpoint, workers)
 
 
 @dataclass(frozen=True)
@@ -360,7 +367,33 @@ class _Setup:
     options: Mapping[str, Any] | None
 
 
-def _multistart(setup: _Setup, x0s: Any, resume: Any, checkpoint: Any) -> OptimizeResult:
+def _check_workers(
+    workers: Any, multistart: bool, components: Sequence[Component], progress: bool | None
+) -> None:
+    """`workers=` runs the starts of a multi-start at once: refuse what it cannot honour."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValidationError(f"workers= must be a whole number of at least 1, got {workers!r}")
+    clash = _clash(multistart, components, progress) if workers > 1 else None
+    if clash is not None:
+        raise ValidationError(
+            f"workers={workers} runs the starts of multistart=True at once, which does not go "
+            f"with {clash}. Fix: pass workers=1, or drop the other argument."
+        )
+
+
+def _clash(multistart: bool, components: Sequence[Component], progress: bool | None) -> str | None:
+    if not multistart:
+        return "multistart=False (a single run: nothing to run at once)"
+    if components:
+        return "components= (each run's per-step call counts would include the other runs')"
+    if progress:
+        return "progress=True (a bar per run: they cannot share the terminal)"
+    return None
+
+
+def _multistart(
+    setup: _Setup, x0s: Any, resume: Any, checkpoint: Any, workers: int
+) -> OptimizeResult:
     if not isinstance(x0s, (list, tuple)) or not x0s:
         raise ValidationError(
             f"multistart=True needs x0 to be a non-empty list of starting points, got {x0s!r}"
@@ -370,11 +403,24 @@ def _multistart(setup: _Setup, x0s: Any, resume: Any, checkpoint: Any) -> Optimi
             "resume= and checkpoint= follow one run; with multistart=True, resume the run you "
             "want from its history (result.runs[i].history) without multistart"
         )
-    n = len(x0s)
-    runs = [_single(setup, x, None, None, 1, f"start {i + 1}/{n}") for i, x in enumerate(x0s)]
+    runs = _starts(setup, list(x0s), workers)
     best = min(runs, key=lambda r: r.fun if math.isfinite(r.fun) else math.inf)
     best.runs = runs
     return best
+
+
+def _starts(setup: _Setup, x0s: list[Any], workers: int) -> list[OptimizeResult]:
+    """A run from each start, in order; `workers` of them at once, each in its own thread."""
+    n = len(x0s)
+
+    def run(i: int) -> OptimizeResult:
+        with jax.enable_x64(True):  # as `optimize` does in its caller's thread
+            return _single(setup, x0s[i], None, None, 1, f"start {i + 1}/{n}")
+
+    if workers == 1:
+        return [run(i) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
+        return list(pool.map(run, range(n)))
 
 
 def _single(
