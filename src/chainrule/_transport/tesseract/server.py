@@ -14,6 +14,7 @@ endpoint the component cannot answer, 500 with the message as text otherwise.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,7 +30,8 @@ from chainrule._schema.errors import (
 )
 from chainrule._transport.handler import Handler
 from chainrule._transport.http.edge import Answer, read_body
-from chainrule._transport.refusals import Limit
+from chainrule._transport.refusals import Limit, too_large
+from chainrule._transport.wire.parse import declared_elements
 
 from . import codec
 from .openapi import ROUTES, document
@@ -44,40 +46,69 @@ def _is_array(node: dict[str, Any]) -> bool:
     return "data" in node and "shape" in node and "dtype" in node
 
 
-def _request_array(node: dict[str, Any]) -> np.ndarray:
-    data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
-    encoding = data.get("encoding") if isinstance(data, dict) else None
-    if encoding == "base64" and data.get("compression", "none") in ("none", None):
-        raw = codec.b64decode(data["buffer"])
-        return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    if encoding == "json":
-        return np.asarray(data["buffer"], dtype).reshape(shape)
+def _request_array(node: dict[str, Any], path: str) -> np.ndarray:
+    try:
+        data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
+        encoding = data.get("encoding") if isinstance(data, dict) else None
+        if encoding == "base64" and data.get("compression", "none") in ("none", None):
+            raw = codec.b64decode(data["buffer"])
+            return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+        if encoding == "json":
+            return np.asarray(data["buffer"], dtype).reshape(shape)
+    except (ValueError, TypeError, KeyError, binascii.Error) as e:  # a malformed array: 422
+        raise _bad_array(node, path, e) from e
     raise ValidationError(
-        f"an array encoded as {encoding!r} cannot be read here; send base64 or json arrays",
-        errors=[{"path": "data.encoding", "expected": "base64 or json", "got": encoding}],
+        f"'{path}': an array encoded as {encoding!r} cannot be read here; send base64 or json "
+        "arrays",
+        errors=[{"path": f"{path}.data.encoding", "expected": "base64 or json", "got": encoding}],
     )
 
 
-def decode_request(tree: Any) -> Any:
-    """A request with each Tesseract array object (`object_type` optional) as numpy."""
+def _bad_array(node: dict[str, Any], path: str, e: Exception) -> ValidationError:
+    expected = f"an array of shape {node.get('shape')!r} and dtype {node.get('dtype')!r}"
+    return ValidationError(
+        f"'{path}': expected {expected} with a buffer that holds exactly it, got one that "
+        f"does not ({type(e).__name__}: {e}); send the array's bytes base64-encoded (or its "
+        "numbers as a JSON list) with its shape and dtype",
+        errors=[{"path": path, "expected": expected, "got": f"{type(e).__name__}: {e}"}],
+    )
+
+
+def decode_request(tree: Any, path: str) -> Any:
+    """A request with each Tesseract array object (`object_type` optional) as numpy; a
+    malformed one is a ValidationError naming its `path`."""
     if isinstance(tree, dict):
         if _is_array(tree):
-            return _request_array(tree)
-        return {k: decode_request(v) for k, v in tree.items()}
+            return _request_array(tree, path)
+        return {k: decode_request(v, f"{path}.{k}") for k, v in tree.items()}
     if isinstance(tree, list):
-        return [decode_request(v) for v in tree]
+        return [decode_request(v, f"{path}.{i}") for i, v in enumerate(tree)]
     return tree
 
 
-def _zeros(tree: Any) -> Any:
-    """Abstract inputs (`{"shape", "dtype"}` leaves) as zeros of those shapes and dtypes."""
+def _zeros(tree: Any, limit: Limit, path: str = "inputs") -> Any:
+    """Abstract inputs (`{"shape", "dtype"}` leaves) as zeros of those shapes and dtypes, each
+    checked against the server's element limit before anything is allocated."""
     if isinstance(tree, dict):
         if "shape" in tree and "dtype" in tree:  # `{shape, dtype}`, or a whole array
-            return np.zeros(tuple(tree["shape"]), np.dtype(tree["dtype"]))
-        return {k: _zeros(v) for k, v in tree.items() if k != "object_type"}
+            return _zeros_of(tree, limit, path)
+        items = ((k, v) for k, v in tree.items() if k != "object_type")
+        return {k: _zeros(v, limit, f"{path}.{k}") for k, v in items}
     if isinstance(tree, list):
-        return [_zeros(v) for v in tree]
+        return [_zeros(v, limit, f"{path}.{i}") for i, v in enumerate(tree)]
     return tree
+
+
+def _zeros_of(node: dict[str, Any], limit: Limit, path: str) -> np.ndarray:
+    try:
+        shape, dtype = tuple(int(d) for d in node["shape"]), np.dtype(node["dtype"])
+        if min(shape, default=0) < 0:
+            raise ValueError(f"negative dimension in {shape}")
+    except (ValueError, TypeError) as e:
+        raise _bad_array(node, path, e) from e
+    if declared_elements(shape) > limit.value:
+        raise too_large(limit, f"an array declaring shape {shape}", path, "elements")
+    return np.zeros(shape, dtype)
 
 
 def _json_arrays(tree: Any) -> Any:
@@ -136,8 +167,10 @@ def _error(e: ChainruleError, endpoint: str) -> Response:
             {"type": "chainrule_error", "loc": _loc(x, "inputs"), "msg": _msg(x, e), "ctx": {}}
             for x in items[:20]
         ]
-        return JSONResponse({"detail": detail}, status_code=422)
-    return Response(f"{type(e).__name__}: {e.message}", status_code=500, media_type="text/plain")
+        # a refusal with its own status (413 over a limit) keeps it; other bad input is 422
+        return JSONResponse({"detail": detail}, status_code=getattr(e, "status", 422))
+    status = getattr(e, "status", 500)  # 503/504 for a saturated or timed-out call
+    return Response(f"{type(e).__name__}: {e.message}", status_code=status, media_type="text/plain")
 
 
 class TesseractRoutes:
@@ -221,12 +254,14 @@ class TesseractRoutes:
         # inputs: keep the linearization, and hand its handle to the next derivative request.
         # The component uses a kept linearization only at the point it was made at
         # (fingerprinted); any other point recomputes, so a stale handle costs only that check.
-        answer = self._call("apply", {"inputs": decode_request(request["inputs"]), "keep": True})
+        answer = self._call(
+            "apply", {"inputs": decode_request(request["inputs"], "inputs"), "keep": True}
+        )
         self.kept = answer.get("handle")
         return answer["outputs"]
 
     def _abstract_eval(self, request: dict[str, Any]) -> Any:
-        inputs = _zeros(request["inputs"])
+        inputs = _zeros(request["inputs"], self.handler.limits.elements)
         try:
             return self._call("eval_shape", {"inputs": inputs})["outputs"]
         except EndpointUnavailableError:  # shapes that need apply: run it once, on zeros
@@ -235,7 +270,7 @@ class TesseractRoutes:
     def _jacobian(self, request: dict[str, Any]) -> Any:
         wrt, of = list(request["jac_inputs"]), list(request["jac_outputs"])
         tree = {
-            "inputs": decode_request(request["inputs"]),
+            "inputs": decode_request(request["inputs"], "inputs"),
             "wrt": [from_tesseract(p) for p in wrt],
             "of": [from_tesseract(q) for q in of],
         }
@@ -247,9 +282,9 @@ class TesseractRoutes:
 
     def _jacobian_vector_product(self, request: dict[str, Any]) -> Any:
         of = list(request["jvp_outputs"])
-        tangents = decode_request(request["tangent_vector"])
+        tangents = decode_request(request["tangent_vector"], "tangent_vector")
         tree = {
-            "inputs": decode_request(request["inputs"]),
+            "inputs": decode_request(request["inputs"], "inputs"),
             "tangents": {from_tesseract(p): t for p, t in tangents.items()},
             "of": [from_tesseract(q) for q in of],
         }
@@ -258,9 +293,9 @@ class TesseractRoutes:
 
     def _vector_jacobian_product(self, request: dict[str, Any]) -> Any:
         wrt = list(request["vjp_inputs"])
-        cotangents = decode_request(request["cotangent_vector"])
+        cotangents = decode_request(request["cotangent_vector"], "cotangent_vector")
         tree = {
-            "inputs": decode_request(request["inputs"]),
+            "inputs": decode_request(request["inputs"], "inputs"),
             "cotangents": {from_tesseract(q): c for q, c in cotangents.items()},
             "wrt": [from_tesseract(p) for p in wrt],
         }
