@@ -95,3 +95,33 @@ def test_abstract_shapes_over_the_limit_are_refused_before_allocating(url: str) 
     status, text = _post(f"{url}/abstract_eval", {"inputs": {"x": {"shape": [3], "dtype": "f8"}}})
     assert status == 200, text
     assert json.loads(text)["y"]["shape"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("route", "changes", "named"),
+    [
+        ("jacobian", {"jac_inputs": 5}, "jac_inputs"),
+        ("jacobian", {"jac_outputs": ["nope"]}, "nope"),
+        ("jacobian_vector_product", {"tangent_vector": [1, 2]}, "tangent_vector"),
+        ("vector_jacobian_product", {"cotangent_vector": {"y": _array(X), "zz": _array(X)}}, "zz"),
+        ("vector_jacobian_product", {"vjp_inputs": "x"}, "vjp_inputs"),
+    ],
+)
+def test_a_malformed_derivative_request_is_a_422_naming_the_field(
+    url: str, route: str, changes: dict[str, Any], named: str
+) -> None:
+    body = {
+        "inputs": {"x": _array(X)},
+        **{"jac_inputs": ["x"], "jac_outputs": ["y"], "jvp_inputs": ["x"], "jvp_outputs": ["y"]},
+        **{"vjp_inputs": ["x"], "vjp_outputs": ["y"]},
+        **{"tangent_vector": {"x": _array(X)}, "cotangent_vector": {"y": _array(X)}},
+    }
+    keys = {
+        "jacobian": ("jac_inputs", "jac_outputs"),
+        "jacobian_vector_product": ("jvp_inputs", "jvp_outputs", "tangent_vector"),
+        "vector_jacobian_product": ("vjp_inputs", "vjp_outputs", "cotangent_vector"),
+    }[route]
+    request = {"inputs": body["inputs"], **{k: body[k] for k in keys}, **changes}
+    status, text = _post(f"{url}/{route}", request)
+    assert status == 422, (status, text)
+    assert json.loads(text)["detail"][0]["loc"] == ["body", named], text

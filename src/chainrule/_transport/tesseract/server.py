@@ -227,14 +227,14 @@ class TesseractRoutes:
                     errors=[{"path": "inputs", "expected": "an object"}],
                 )
             result = getattr(self, f"_{route}")(request)
+        except ChainruleError as e:  # first: an UnknownPathError is a KeyError too
+            return _error(e, route)
         except KeyError as e:  # a body without a key the route needs
             error = ValidationError(
                 f"/{route}: the request body has no {e}",
                 errors=[{"path": str(e.args[0]), "message": "Field required"}],
             )
             return _error(error, route)
-        except ChainruleError as e:
-            return _error(e, route)
         encoded = codec.encode(result) if fmt == "json+base64" else _json_arrays(result)
         return Response(codec.dumps_json(encoded), media_type=f"application/{fmt}")
 
@@ -268,7 +268,7 @@ class TesseractRoutes:
             return _shapes(self._call("apply", {"inputs": inputs})["outputs"])
 
     def _jacobian(self, request: dict[str, Any]) -> Any:
-        wrt, of = list(request["jac_inputs"]), list(request["jac_outputs"])
+        wrt, of = _paths(request, "jac_inputs"), _paths(request, "jac_outputs")
         tree = {
             "inputs": decode_request(request["inputs"], "inputs"),
             "wrt": [from_tesseract(p) for p in wrt],
@@ -281,8 +281,8 @@ class TesseractRoutes:
         }
 
     def _jacobian_vector_product(self, request: dict[str, Any]) -> Any:
-        of = list(request["jvp_outputs"])
-        tangents = decode_request(request["tangent_vector"], "tangent_vector")
+        of = _paths(request, "jvp_outputs")
+        tangents = _arrays(request, "tangent_vector")
         tree = {
             "inputs": decode_request(request["inputs"], "inputs"),
             "tangents": {from_tesseract(p): t for p, t in tangents.items()},
@@ -292,8 +292,8 @@ class TesseractRoutes:
         return {q: result[cq] for q, cq in zip(of, tree["of"], strict=True)}
 
     def _vector_jacobian_product(self, request: dict[str, Any]) -> Any:
-        wrt = list(request["vjp_inputs"])
-        cotangents = decode_request(request["cotangent_vector"], "cotangent_vector")
+        wrt = _paths(request, "vjp_inputs")
+        cotangents = _arrays(request, "cotangent_vector")
         tree = {
             "inputs": decode_request(request["inputs"], "inputs"),
             "cotangents": {from_tesseract(q): c for q, c in cotangents.items()},
@@ -301,6 +301,28 @@ class TesseractRoutes:
         }
         result = self._call("vjp", self._at_kept(tree))["result"]
         return {p: result[cp] for p, cp in zip(wrt, tree["wrt"], strict=True)}
+
+
+def _paths(request: dict[str, Any], key: str) -> list[str]:
+    """The list of paths under `key` (jac_inputs, vjp_outputs, ...), or a 422 naming it."""
+    value = request[key]
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ValidationError(
+            f"'{key}' must be a list of paths (strings), got {type(value).__name__}",
+            errors=[{"path": key, "expected": "a list of strings", "got": repr(value)[:80]}],
+        )
+    return value
+
+
+def _arrays(request: dict[str, Any], key: str) -> dict[str, Any]:
+    """The arrays by path under `key` (tangent_vector, cotangent_vector), or a 422 naming it."""
+    value = decode_request(request[key], key)
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f"'{key}' must be an object of arrays by path, got {type(value).__name__}",
+            errors=[{"path": key, "expected": "an object {path: array}", "got": repr(value)[:80]}],
+        )
+    return value
 
 
 def _shapes(tree: Any) -> Any:
