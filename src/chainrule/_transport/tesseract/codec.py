@@ -21,7 +21,16 @@ from chainrule._schema.errors import (
 
 from .paths import loc_path
 
-__all__ = ["b64decode", "decode", "dumps", "error", "loads", "shapes_only"]
+__all__ = [
+    "b64decode",
+    "decode",
+    "dumps",
+    "encoding_of",
+    "error",
+    "loads",
+    "read_array",
+    "shapes_only",
+]
 
 # Large arrays are base64 in JSON: use the SIMD base64 and the fast JSON that
 # tesseract-core's runtime installs when they are here (measured: 2-5x faster on 1e6
@@ -93,18 +102,36 @@ def shapes_only(tree: Any) -> Any:
     return tree
 
 
-def _decode_array(leaf: dict[str, Any], where: str) -> np.ndarray:
-    data, dtype, shape = leaf["data"], np.dtype(leaf["dtype"]), tuple(leaf["shape"])
-    encoding = data.get("encoding")
-    if encoding == "base64" and data.get("compression", "none") == "none":
+def read_array(node: dict[str, Any]) -> np.ndarray | None:
+    """A Tesseract array object (`shape`, `dtype`, `data`) as numpy, from an uncompressed
+    base64 or a json buffer; None for another encoding. A malformed object raises KeyError,
+    TypeError or ValueError (a bad base64 buffer's binascii.Error is a ValueError): each side
+    words that for its reader (a client's TransportError, a server's 422)."""
+    data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
+    encoding = data.get("encoding") if isinstance(data, dict) else None
+    if encoding == "base64" and data.get("compression", "none") in ("none", None):
         raw = b64decode(data["buffer"])
         return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     if encoding == "json":
         return np.asarray(data["buffer"], dtype).reshape(shape)
+    return None
+
+
+def encoding_of(node: dict[str, Any]) -> tuple[Any, Any]:
+    """(encoding, compression) of an array object, for messages."""
+    data = node.get("data")
+    data = data if isinstance(data, dict) else {}
+    return data.get("encoding"), data.get("compression", "none")
+
+
+def _decode_array(leaf: dict[str, Any], where: str) -> np.ndarray:
+    array = read_array(leaf)
+    if array is not None:
+        return array
+    encoding, compression = encoding_of(leaf)
     raise TransportError(
-        f"{where} answered an array encoded as {encoding!r} "
-        f"(compression {data.get('compression', 'none')!r}); this client asks for json+base64 "
-        "and reads base64 or json arrays only"
+        f"{where} answered an array encoded as {encoding!r} (compression {compression!r}); "
+        "this client asks for json+base64 and reads base64 or json arrays only"
     )
 
 

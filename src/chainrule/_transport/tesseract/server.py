@@ -14,7 +14,6 @@ endpoint the component cannot answer, 500 with the message as text otherwise.
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,15 +47,12 @@ def _is_array(node: dict[str, Any]) -> bool:
 
 def _request_array(node: dict[str, Any], path: str) -> np.ndarray:
     try:
-        data, dtype, shape = node["data"], np.dtype(node["dtype"]), tuple(node["shape"])
-        encoding = data.get("encoding") if isinstance(data, dict) else None
-        if encoding == "base64" and data.get("compression", "none") in ("none", None):
-            raw = codec.b64decode(data["buffer"])
-            return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-        if encoding == "json":
-            return np.asarray(data["buffer"], dtype).reshape(shape)
-    except (ValueError, TypeError, KeyError, binascii.Error) as e:  # a malformed array: 422
+        array = codec.read_array(node)
+    except (ValueError, TypeError, KeyError) as e:  # a malformed array: 422
         raise _bad_array(node, path, e) from e
+    if array is not None:
+        return array
+    encoding, _ = codec.encoding_of(node)
     raise ValidationError(
         f"'{path}': an array encoded as {encoding!r} cannot be read here; send base64 or json "
         "arrays",
