@@ -364,7 +364,7 @@ def test_torch_lane_gives_the_generic_paths_results_bit_for_bit(
     served = len(calls)
     for spec in _jax_call.sites(comp):
         if spec.component is comp:
-            monkeypatch.setitem(spec.__dict__, "lane", None)  # the cached property's slot
+            monkeypatch.setitem(spec.__dict__, "plan", None)  # the cached property's slot
     generic = (*f(X), forward(X))
     assert len(calls) == served, "the generic path was not taken"
     for a, b in zip(fast, generic, strict=True):

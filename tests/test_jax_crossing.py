@@ -231,7 +231,7 @@ def test_an_error_holding_an_input_view_crosses_without_it() -> None:
     shape = [jax.ShapeDtypeStruct((50_000,), jnp.float64)]
     x = jnp.linspace(0.0, 1.0, 50_000)
     for host, kind in ((holds, RuntimeError), (fails, FloatingPointError)):
-        f = jax.jit(buffer_callback(buffer_host(host, True), shape))
+        f = jax.jit(buffer_callback(buffer_host(host, True, 1), shape))
         with pytest.raises(Exception, match="diverged") as info:
             f(x)
         carried = original(info.value)

@@ -32,10 +32,11 @@ from chainrule._schema.errors import (
 from chainrule._schema.schema import Schema
 
 from . import batched, dispatch, finite, validate
-from .backends.base import Backend, FiniteDifferences, Lane, as_outputs
+from .backends.base import Backend, FiniteDifferences, as_outputs
 from .backends.load import load_backend
 from .endpoints import ENDPOINTS, Endpoint, derivatives
 from .memo import LRU
+from .plan import Plan
 from .point import Point
 from .residuals import Handle, Residual, ResidualCache
 from .rules import Impl, resolve
@@ -400,11 +401,20 @@ class Component:
         and no derivative of the author's must be honoured instead of the framework's own."""
         return self.backend.capabilities.framework == framework and not self._written
 
-    def lane(self, in_paths: Sequence[str], out_paths: Sequence[str]) -> Lane | None:
-        """The backend's plan for one call site whose array leaves are `in_paths` and
-        `out_paths` (fixed shapes and dtypes): `apply` and the `vjp` of a kept apply on trusted
-        numpy arrays, without a Point (`backends.base.Lane`); None if the backend has none."""
-        return self.backend.host_lane(self, tuple(in_paths), tuple(out_paths))
+    def plan(
+        self, template: Schema, in_paths: Sequence[str], out_paths: Sequence[str]
+    ) -> Plan | None:
+        """The plan of one call site (inputs `template` with fixed static values; `plan.Plan`),
+        or None where the site needs the generic endpoints (nested schemas)."""
+        if not Plan.usable(self, in_paths):
+            return None
+        return Plan(
+            self,
+            template,
+            tuple(in_paths),
+            tuple(out_paths),
+            self.backend.host_lane(self, tuple(in_paths), tuple(out_paths)),
+        )
 
     def errors(self, endpoint: str) -> AbstractContextManager[None]:
         """Count a call of `endpoint` and turn what the author's code raises inside the block

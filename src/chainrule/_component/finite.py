@@ -32,11 +32,15 @@ HEADER = "X-Chainrule-Check-Finite"
 
 _STATE = {"on": False}  # process-wide; `chainrule/__init__.py` sets it from the environment
 _LOCAL = threading.local()  # a server's per-request override, in the worker thread running it
+_SCOPES = [0]  # how many `scoped` blocks are open, in any thread
+_SCOPES_LOCK = threading.Lock()
 
 
 def active() -> bool:
     """Whether calls in this thread check for non-finite values now."""
-    return bool(getattr(_LOCAL, "on", None) or _STATE["on"])
+    # The thread-local override is looked at only while some thread has one (a server's
+    # request asking for the check): this runs in every host callback of a jitted program.
+    return bool(_STATE["on"] or (_SCOPES[0] and getattr(_LOCAL, "on", None)))
 
 
 class check_finite:  # lower case: used like a function (a setting, as jax.debug_nans)
@@ -78,9 +82,13 @@ class scoped:
     def __enter__(self) -> None:
         self._previous = getattr(_LOCAL, "on", None)
         _LOCAL.on = self.enabled or None
+        with _SCOPES_LOCK:
+            _SCOPES[0] += 1
 
     def __exit__(self, *exc: object) -> None:
         _LOCAL.on = self._previous
+        with _SCOPES_LOCK:
+            _SCOPES[0] -= 1
 
 
 def _first_bad(value: Any) -> tuple[int, int, tuple[int, ...]] | None:

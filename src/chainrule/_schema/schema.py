@@ -121,6 +121,14 @@ class ArraySpec:
     def named_dims(self) -> tuple[str, ...]:
         return tuple(d for d in self.shape if isinstance(d, str))
 
+    @functools.cached_property
+    def _rank_only(self) -> int | None:
+        """The rank, when a shape fits this pattern exactly if its rank does (no fixed
+        sizes, no `...`, no repeated names); else None."""
+        names = self.named_dims
+        plain = all(d is None or isinstance(d, str) for d in self.shape)
+        return len(self.shape) if plain and len(set(names)) == len(names) else None
+
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
@@ -148,6 +156,14 @@ class ArraySpec:
 
     def validate(self, value: Any) -> Any:
         """Coerce `value` to an array of this spec, or raise a Pydantic error naming both."""
+        # The usual case first (an array of this dtype and rank), at a cost that matters
+        # inside a jitted program's host callback (every author builds outputs this way).
+        if (
+            type(value) is np.ndarray
+            and value.ndim == self._rank_only
+            and value.dtype == self.dtype
+        ):
+            return value
         if _PASSTHROUGH.get() and _is_framework_array(value):
             self.check_shape(tuple(value.shape), value)
             return value

@@ -21,27 +21,58 @@ import numpy as np
 
 from chainrule._component.carried import carry
 
-__all__ = ["buffer_host"]
+__all__ = ["buffer_host", "direct_host"]
 
 
-def buffer_host(host: Callable[..., list[np.ndarray]], share: bool) -> Callable[..., None]:
-    """`host(arrays) -> results` as a buffer callback `(ctx, out, *args) -> None`; with
-    `share`, the arrays are views of XLA's buffers, else read-only copies of them (for hosts
-    that run author code, which could keep an array past the call)."""
-    given = _read_only if share else _copy
+def buffer_host(
+    host: Callable[..., list[np.ndarray]], share: bool, inputs: int
+) -> Callable[..., None]:
+    """`host(arrays) -> results` as a `buffer_callback` callback `(ctx, out, *args) -> None`
+    (`direct_host`'s, for `jax.experimental.buffer_callback`'s calling convention)."""
+    direct = direct_host(host, share, inputs)
 
     def callback(ctx: Any, out: Sequence[Any], *args: Any) -> None:
-        views = [given(a) for a in args]
+        direct(ctx, *args, *out)
+
+    return callback
+
+
+def direct_host(
+    host: Callable[..., list[np.ndarray]], share: bool, inputs: int
+) -> Callable[..., None]:
+    """`host(arrays) -> results` as jaxlib's buffer callback `(ctx, *inputs, *results)`
+    (`compat.lower_buffer_callback`); `inputs`: how many buffers are inputs. With `share`,
+    the arrays are read-only views of XLA's buffers, else read-only copies of them (for hosts
+    that run author code, which could keep an array past the call)."""
+    if share:
+        return _shared_callback(host, inputs)
+
+    def copied(ctx: Any, *buffers: Any) -> None:
+        arrays = [_copy(b) for b in buffers[:inputs]]
+        try:
+            results = host(arrays)
+            for target, result in zip(buffers[inputs:], results, strict=True):
+                _fill(np.asarray(target), result)
+        except Exception as e:
+            _clear(e)  # (the copies are the host's own: nothing of XLA's can be pinned)
+            raise carry(e) from None
+
+    return copied
+
+
+def _shared_callback(host: Callable[..., list[np.ndarray]], inputs: int) -> Callable[..., None]:
+    def shared(ctx: Any, *buffers: Any) -> None:
+        views = [_read_only(b) for b in buffers[:inputs]]
         counts = _counts(views)
         try:
             results = host(views)
-            for buffer, result in zip(out, results, strict=True):
-                _fill(np.asarray(buffer), result)
+            for target, result in zip(buffers[inputs:], results, strict=True):
+                _fill(np.asarray(target), result)
         except Exception as e:
             _clear(e)
             raise carry(_unpinned(e, views, counts)) from None
 
-    return callback
+    return shared
 
 
 def _read_only(buffer: Any) -> np.ndarray:

@@ -7,6 +7,9 @@
   `jax.pure_callback`.
 - `jax._src.core.to_concrete_value`: the value of a tracer when it is known at trace time
   (outside jit), so a call site can learn its output shapes early. No public spelling yet.
+- jaxlib's CPU custom call `xla_buffer_python_cpu_callback` with a module host callback
+  (`ctx.module_context.add_host_callback`): what `jax.experimental.buffer_callback` lowers
+  to, emitted directly (`lower_buffer_callback`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BUFFER_CALLBACK", "EMIT_PYTHON_CALLBACK", "concrete_value"]
+__all__ = ["BUFFER_CALLBACK", "EMIT_PYTHON_CALLBACK", "concrete_value", "lower_buffer_callback"]
 
 
 def _emit_python_callback() -> Callable[..., Any] | None:
@@ -45,6 +48,27 @@ def _buffer_callback() -> Callable[..., Any] | None:
 
 
 BUFFER_CALLBACK = _buffer_callback()
+
+# The custom call behind `buffer_callback` on CPU: jaxlib's handler calls a host callback of
+# the module with XLA's buffers, `callback(exec_ctx, *inputs, *results)`. Lowering to it
+# directly skips `buffer_callback`'s own Python wrapper per call (two pytree rebuilds and a
+# list split: about 1.5 µs of a 10 µs crossing, measured). Only where `buffer_callback`
+# exists (the handler is registered with it) and on CPU alone; elsewhere, `BUFFER_CALLBACK`.
+_BUFFER_TARGET = "xla_buffer_python_cpu_callback"
+
+
+def lower_buffer_callback(ctx: Any, callback: Callable[..., None], args: Any) -> Any | None:
+    """Emit `callback(exec_ctx, *input buffers, *result buffers)` as jaxlib's CPU buffer
+    callback in lowering context `ctx`; None where that is not possible here (another
+    platform, or a JAX without `buffer_callback`): then use `BUFFER_CALLBACK`."""
+    if BUFFER_CALLBACK is None or tuple(ctx.module_context.platforms) != ("cpu",):
+        return None
+    import jax
+    import numpy as np
+
+    ctx.module_context.add_host_callback(callback)
+    index = np.uint64(len(ctx.module_context.host_callbacks) - 1)
+    return jax.ffi.ffi_lowering(_BUFFER_TARGET, has_side_effect=False)(ctx, *args, index=index)
 
 
 def concrete_value(x: Any) -> Any | None:

@@ -5,11 +5,12 @@
 `chainrule.jax` docstring for what each computes). This module holds what those primitives
 are made of: the static `_Spec` of a call site (their `spec` parameter), the tokens naming a
 kept linearization, the host functions run on concrete numpy arrays, and how they are
-emitted (JAX's own emitter, `compat`, or `jax.pure_callback`). The host functions run the
-component through its interface for bindings (`Component.at`, `apply_at`, `run` and the
-backend's per-site `lane`); a component error raised there is carried across XLA by
-`chainrule._component.carried`. Their differentiation and vmap rules live in `rules`; `call`
-builds the specs and binds `call_p`.
+emitted (jaxlib's buffer callback, JAX's own emitter, `compat`, or `jax.pure_callback`).
+The host functions run the component through its interface for bindings (`Component.at`,
+`apply_at`, `run` and the per-site `Component.plan`); the flattest of them, for planned
+sites outside vmap, are in `fast`. A component error raised there is carried across XLA
+by `chainrule._component.carried`. Their differentiation and vmap rules live in `rules`;
+`call` builds the specs and binds `call_p`.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from jax.interpreters import mlir
 
 from chainrule._bindings.levels import run_levels
 from chainrule._component import finite as _finite
-from chainrule._component.backends.base import Lane
 from chainrule._component.carried import carry
 from chainrule._component.component import Component
+from chainrule._component.plan import Plan
 from chainrule._component.point import Point
 from chainrule._component.residuals import Handle, Residual, digest, layout
 from chainrule._schema.schema import Schema
 from chainrule._schema.tree import leaves, replace_leaves
 
-from . import compat
-from .buffers import buffer_host
+from . import compat, fast
+from .buffers import buffer_host, direct_host
 
 Prim = jax_extend.core.Primitive
 
@@ -115,9 +116,13 @@ class _Spec:
         return not all(p == "written" or p.endswith("<- written") for p in found)
 
     @functools.cached_property
-    def lane(self) -> Lane | None:
-        """The backend's plan for this call site (its `Lane`), if it declares one."""
-        return self.component.lane(self.in_paths, self.out_paths)
+    def plan(self) -> Plan | None:
+        """The component's plan for this call site (flat schemas; `Component.plan`)."""
+        return self.component.plan(self.template, self.in_paths, self.out_paths)
+
+    @functools.cached_property
+    def out_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(a.shape) for a in self.out_avals)
 
 
 def _leaf(instance: Schema, path: str) -> Any:
@@ -159,15 +164,18 @@ def _point(spec: _Spec, arrays: Sequence[np.ndarray]) -> Point:
 def _host_apply(spec: _Spec, keep: bool, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     if keep and not spec.keeps:  # token 0: the derivatives run from the primals
         return [*_host_apply(spec, False, arrays), _token(None)]
-    lane = spec.lane
+    plan = spec.plan
+    lane = plan.lane if plan is not None else None
     if lane is not None and not _finite.active():
+        assert plan is not None
         made_at = spec.fingerprint(arrays) if keep else None
-        outs, residual = lane.apply(spec.template, arrays, keep)
+        outs, residual = lane.apply(plan.inputs, arrays, spec.out_shapes, keep)
         result = [np.asarray(o, a.dtype) for o, a in zip(outs, spec.out_avals, strict=True)]
-        if keep:
-            assert residual is not None
-            residual.fingerprint = made_at
-            result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
+        if not keep:
+            return result
+        assert residual is not None
+        residual.fingerprint = made_at
+        result.append(_token(spec.component.residuals.put(spec.component.name, residual)))
         return result
     # The arrays come from JAX with the avals of the spec: the point needs no re-validation.
     p = _point(spec, arrays)
@@ -209,6 +217,12 @@ def _host_jvp(
 ) -> list[np.ndarray]:
     comp, outs = spec.component, tuple(spec.out_paths[i] for i in of)
     t = {spec.in_paths[i]: v for i, v in zip(wrt, tangents, strict=True)}
+    plan = spec.plan
+    if plan is not None and plan.has("jvp") and not batched and not _finite.active():
+        found = plan.derivative("jvp", plan.inputs(arrays), t, outs)
+        return [
+            np.asarray(found[p], spec.out_avals[i].dtype) for i, p in zip(of, outs, strict=True)
+        ]
     res = _residual(spec, token, arrays)
     p = _point(spec, arrays)
     result = comp.run("batched_jvp" if batched else "jvp", p, res, tangents=t, of=outs)
@@ -227,8 +241,12 @@ def _host_vjp(
     comp = spec.component
     c = {spec.out_paths[i]: v for i, v in zip(of, cts, strict=True)}
     paths = tuple(spec.in_paths[i] for i in wrt)
+    plan = spec.plan
+    if plan is not None and plan.has("vjp") and not batched and not _finite.active():
+        result = plan.derivative("vjp", plan.inputs(arrays), c, paths)
+        return [np.asarray(result[p], arrays[i].dtype) for i, p in zip(wrt, paths, strict=True)]
     res = _residual(spec, token, arrays)
-    lane = spec.lane
+    lane = plan.lane if plan is not None else None
     if lane is not None and not batched and not _finite.active() and lane.owns(res):
         assert res is not None
         result = lane.vjp(res, c, paths)
@@ -332,8 +350,10 @@ def _define(
     name: str,
     host_of: Callable[..., Callable[..., list[np.ndarray]]],
     avals_of: Callable[..., list[Any]],
+    fast_of: Callable[..., Callable[..., None] | None] | None = None,
 ) -> Prim:
-    """A multiple-results primitive run by a host callback, with eager and jit paths."""
+    """A multiple-results primitive run by a host callback, with eager and jit paths;
+    `fast_of(generic, **params)`: a planned site's own buffer callback (`fast`), if any."""
     prim = Prim(name)
     prim.multiple_results = True
 
@@ -357,11 +377,17 @@ def _define(
         avals = avals_of(**params)
         shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
         assert compat.BUFFER_CALLBACK is not None
-        host = buffer_host(host_for(params), params["spec"].shares)
+        host = buffer_host(host_for(params), params["spec"].shares, len(args))
         return list(compat.BUFFER_CALLBACK(host, shapes)(*args))
 
     def lowering(ctx: Any, *args: Any, **params: Any) -> Any:
         if mode() == "buffer":
+            direct = direct_host(host_for(params), params["spec"].shares, len(args))
+            if fast_of is not None and not params["levels"]:
+                direct = fast_of(direct, **params) or direct
+            emitted = compat.lower_buffer_callback(ctx, direct, args)
+            if emitted is not None:
+                return emitted
             return mlir.lower_fun(buffered, multiple_results=True)(ctx, *args, **params)
         emit = emitter()
         if emit is None:
@@ -398,7 +424,7 @@ def _apply_avals(spec: _Spec, keep: bool, levels: tuple[str, ...], sizes: tuple[
     return _batched_avals([*spec.out_avals, *token], sizes)
 
 
-call_p = _define("chainrule_call", _apply_host, _apply_avals)
+call_p = _define("chainrule_call", _apply_host, _apply_avals, fast.for_apply)
 
 
 def _linear_host(kind: str) -> Callable[..., Any]:
@@ -440,8 +466,8 @@ def _vjp_avals(
     return _batched_avals([spec.in_aval(i) for i in wrt], sizes)
 
 
-jvp_p = _define("chainrule_jvp", _linear_host("jvp"), _jvp_avals)
-vjp_p = _define("chainrule_vjp", _linear_host("vjp"), _vjp_avals)
+jvp_p = _define("chainrule_jvp", _linear_host("jvp"), _jvp_avals, fast.for_linear("jvp"))
+vjp_p = _define("chainrule_vjp", _linear_host("vjp"), _vjp_avals, fast.for_linear("vjp"))
 
 
 def _hvp_host(

@@ -79,8 +79,12 @@ def _call_jvp(
     # on the server either way); any other keeps its linearization per point.
     linear = (*levels[:-1], "loop") if levels[-1:] == ("batched",) else levels
     keeps = levels if _is_remote(spec) else linear
-    outs = call_p.bind(*primals, spec=spec, keep=True, levels=keeps, sizes=sizes)
-    values, token = list(outs[:-1]), outs[-1]
+    if spec.keeps:
+        outs = call_p.bind(*primals, spec=spec, keep=True, levels=keeps, sizes=sizes)
+        values, token = list(outs[:-1]), outs[-1]
+    else:  # nothing to keep: token 0 ("recompute") without a result to carry it
+        values = list(call_p.bind(*primals, spec=spec, keep=False, levels=keeps, sizes=sizes))
+        token = jnp.zeros(sizes, TOKEN_DTYPE)
     out_avals = _batched_avals(spec.out_avals, sizes)
     tangents_out = [_tangent_zero(a) for a in out_avals]
     if wrt and spec.diff_outs:

@@ -53,16 +53,27 @@ class Lane(Protocol):
 
     A binding's call site fixes every array path, shape and dtype, so the generic endpoints'
     work (validating a point, rebuilding templates, checking tangents) is redundant there.
-    A lane is built once per site (`Component.lane`) and runs on the arrays alone; the
+    A lane is built once per site (by `Component.plan`) and runs on the arrays alone; the
     outputs it returns are checked by the component's one output check when they are not
     exactly the declared arrays.
     """
 
+    lends: bool
+    """Whether `apply` without `keep` may be given views of a caller's buffers (read-only,
+    valid during the call only): the lane keeps nothing of them, and the binding checks the
+    author's code keeps nothing either (`chainrule._bindings.jax.lending`)."""
+
     def apply(
-        self, template: Schema, arrays: Sequence[np.ndarray], keep: bool
+        self,
+        build: Callable[[Sequence[Any]], Schema],
+        arrays: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, ...]],
+        keep: bool,
     ) -> tuple[list[np.ndarray], Residual | None]:
-        """The output arrays (in the site's output order) of the function at `arrays` (the
-        other fields from `template`) and, with `keep`, the residual to keep."""
+        """The output arrays (in the site's output order) of the function at `arrays` and,
+        with `keep`, the residual to keep. `build(values)` makes the inputs instance from
+        values in the site's input order (the lane may convert the arrays first); `shapes`
+        are the output shapes the site expects."""
 
     def owns(self, residual: Residual | None) -> bool:
         """Whether `vjp` can answer from `residual`."""

@@ -19,10 +19,10 @@ from chainrule._schema.errors import EndpointUnavailableError, ValidationError
 from chainrule._schema.schema import Schema, ShapeDtype
 from chainrule._schema.tree import class_leaves, leaves, replace_leaves
 
-from .base import Backend, Capabilities, FiniteDifferences, as_outputs
+from .base import Backend, Capabilities, FiniteDifferences, Lane, as_outputs
 
 if TYPE_CHECKING:
-    from chainrule._component.component import Point
+    from chainrule._component.component import Component, Point
 
 Arrays = dict[str, np.ndarray]
 
@@ -72,6 +72,15 @@ class NumpyBackend(Backend):
         # caller changes later; the base point of finite differences must not move.
         base = {x.path: np.array(x.value) for x in leaves(out)}
         return out, Residual(base, sum(v.nbytes for v in base.values()), None)
+
+    def host_lane(
+        self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
+    ) -> Lane | None:
+        """A `NumpyLane` for a call site over every array leaf of flat schemas."""
+        from .numpy_lane import NumpyLane
+
+        usable = NumpyLane.usable(component, in_paths, out_paths)
+        return NumpyLane(component, in_paths, out_paths) if usable else None
 
     def eval_shape(self, p: Point) -> Any:
         specs = class_leaves(self.outputs)

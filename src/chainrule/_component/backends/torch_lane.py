@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +34,8 @@ class HostLane:
     validated the generic way, without running the function again.
     """
 
+    lends = False  # torch has no read-only tensors: it is given copies (see `apply`)
+
     def __init__(
         self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
     ) -> None:
@@ -57,9 +59,13 @@ class HostLane:
         return set(in_paths) == in_arrays and set(out_paths) == out_arrays
 
     def apply(
-        self, template: Any, arrays: Sequence[np.ndarray], keep: bool
+        self,
+        build: Callable[[Sequence[Any]], Any],
+        arrays: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, ...]],
+        keep: bool,
     ) -> tuple[list[np.ndarray], Residual | None]:
-        """Run the function on `arrays` (the inputs' other fields from `template`): the output
+        """Run the function on `arrays` (the inputs instance made by `build`): the output
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
         # A kept graph holds its own copies. Read-only arrays (XLA's buffers) are copied even
         # then: torch has no read-only tensors, and an author's in-place op must not change a
@@ -67,7 +73,7 @@ class HostLane:
         convert = owned if keep else to_torch
         tensors = {p: convert(a) for p, a in zip(self.in_paths, arrays, strict=True)}
         leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
-        inputs = replace_leaves(template, {**tensors, **leaves})
+        inputs = build([leaves.get(p, tensors[p]) for p in self.in_paths])
         comp = self.component
         grad = torch.enable_grad() if keep else torch.no_grad()
         with comp.errors("apply"), grad, passthrough():
@@ -79,7 +85,7 @@ class HostLane:
         ):
             result = [v.detach().numpy() for v in given]
         else:
-            result = self._validated(out, template, arrays)
+            result = self._validated(out, build(arrays))
         if not keep:
             return result, None
         # The graph keeps the tensors the function returned (not converted copies), so the
@@ -95,10 +101,9 @@ class HostLane:
         const = {p: t for p, t in tensors.items() if p not in leaves}
         return result, Residual(graph, graph.nbytes(const), None)
 
-    def _validated(self, out: Any, template: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _validated(self, out: Any, inputs: Any) -> list[np.ndarray]:
         """Outputs that are not exactly the declared CPU tensors, as numpy arrays converted (or
         refused) by the component's own output check."""
-        inputs = replace_leaves(template, dict(zip(self.in_paths, arrays, strict=True)))
         given = {p: out.__dict__[p] for p in self.out_paths}
         detached = {p: v.detach() if isinstance(v, torch.Tensor) else v for p, v in given.items()}
         raw = replace_leaves(out, numpy_views(detached))

@@ -1,0 +1,287 @@
+"""Host callbacks of a planned call site: the per-call work cut to what the call needs.
+
+At a call site with a `Plan` (flat schemas), outside vmap, on jaxlib's buffer callback, the
+crossings of `jit(grad)` run here: `apply` through the backend's lane when the site keeps no
+linearization (its derivatives are written, or it is not differentiated), and a `vjp` or
+`jvp` the author wrote, called directly. Everything else (kept linearizations, derived
+derivatives, loops, `check_finite`) runs the generic host functions in `primitives`.
+
+At small sizes a crossing's cost is its Python work, so each callback is written out flat,
+with everything static looked up once when it is made (a function call here costs about as
+much as a 1000-element copy). What they keep of the generic path: the author's code gets
+read-only copies of XLA's buffers, or above `LEND_BYTES` the buffers themselves under
+`lending`'s check; what it returns is checked exactly against the site's avals (else the
+component's own output check runs) before it is copied into XLA's result buffers; each call
+is counted in `Component.calls`; its errors become chainrule's (`dispatch.guard`) and are
+carried across XLA (`carried`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from chainrule._component import dispatch, finite
+from chainrule._component.carried import carry
+from chainrule._component.plan import Plan
+
+from .buffers import _clear, _copy, _counts, _fill, _unpinned
+from .lending import Lending
+
+__all__ = ["LEND_BYTES", "apply_callback", "derivative_callback", "for_apply", "for_linear"]
+
+Callback = Callable[..., None]
+Runner = Callable[[list[np.ndarray], Sequence[Any], Lending | None], None]
+"""`run(arrays, targets, lending)`: the call at `arrays`, its answers written to `targets`."""
+
+LEND_BYTES = 1 << 16
+"""Inputs of at least this many bytes in all are lent (no copy, `lending`'s check, ~2 µs);
+smaller ones are copied (cheaper than the check)."""
+
+
+def _nbytes(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any]) -> int:
+    return sum(
+        int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+        for s, d in zip(shapes, dtypes, strict=True)
+    )
+
+
+def apply_callback(
+    plan: Plan,
+    shapes: Sequence[tuple[int, ...]],
+    in_avals: Sequence[Any],
+    token: bool,
+    generic: Callback,
+) -> Callback | None:
+    """`apply` through the plan's lane, keeping nothing (with `token`, a last result: token 0,
+    "recompute"); `generic` when `check_finite` is on. None where the lane cannot be lent
+    buffers (it keeps what it is given)."""
+    lane = plan.lane
+    if lane is None or not lane.lends:
+        return None
+    n, m = len(in_avals), len(shapes)
+    lending = _lending(plan, "apply", plan.in_paths, in_avals)
+    run = _applier(plan)
+
+    def callback(ctx: Any, *buffers: Any) -> None:
+        if finite.active():
+            return generic(ctx, *buffers)
+        if lending is not None:
+            return _lent(lending, run, buffers[:n], buffers[n : n + m])
+        arrays = [_copy(b) for b in buffers[:n]]
+        try:
+            run(arrays, buffers[n : n + m], None)
+        except Exception as e:
+            _clear(e)
+            raise carry(e) from None
+        if token:
+            np.asarray(buffers[-1])[...] = 0
+        return None
+
+    if token and lending is not None:
+        lent = callback
+
+        def callback(ctx: Any, *buffers: Any) -> None:
+            lent(ctx, *buffers)
+            np.asarray(buffers[-1])[...] = 0
+
+    return callback
+
+
+def _applier(plan: Plan) -> Runner:
+    """`run(arrays, targets)`: the function at `arrays`, its outputs written to `targets`."""
+    lane, comp = plan.lane, plan.component
+    assert lane is not None
+    fn, outputs, calls, name = comp.fn, comp.outputs, comp.calls, comp.name
+    out_paths, build = plan.out_paths, plan.inputs
+
+    def run(arrays: list[np.ndarray], targets: Sequence[Any], lending: Lending | None) -> None:
+        inputs = build(arrays)
+        watched = lending.watch(arrays, (inputs,)) if lending is not None else None
+        calls["apply"] += 1
+        try:
+            out = fn(inputs)
+        except Exception as e:
+            raise _guarded(name, "apply", e)  # noqa: B904 (it chains `e` as its cause)
+        if not _copied(out, outputs, out_paths, targets):
+            _checked(plan, out, inputs, targets)
+        if lending is not None:
+            del out  # (it may hold a lent array: an output may be an input as it is)
+            lending.settle(watched, arrays, (inputs,))
+
+    return run
+
+
+def _copied(out: Any, outputs: type, out_paths: tuple[str, ...], targets: Sequence[Any]) -> bool:
+    """Copy `out`'s arrays into `targets` if they are exactly the site's; else False."""
+    if type(out) is not outputs:
+        return False
+    found = out.__dict__
+    values = [found[p] for p in out_paths]
+    buffers = [np.asarray(t) for t in targets]
+    for i in range(len(buffers)):
+        v, t = values[i], buffers[i]
+        if type(v) is not np.ndarray or v.dtype != t.dtype or v.shape != t.shape:
+            return False
+    for i in range(len(buffers)):
+        np.copyto(buffers[i], values[i])
+    return True
+
+
+def _checked(plan: Plan, out: Any, inputs: Any, targets: Sequence[Any]) -> None:
+    """Outputs that are not exactly the site's arrays, through the component's one check."""
+    from chainrule._component.backends.base import as_outputs
+
+    comp = plan.component
+    with dispatch.guard(comp.name, Counter(), "apply"):
+        out = as_outputs(out, comp.outputs, comp.name)
+    checked = comp.validate_outputs(out, comp.at(inputs)).__dict__
+    for target, path in zip(targets, plan.out_paths, strict=True):
+        found = np.asarray(target)
+        _fill(found, np.asarray(checked[path], found.dtype))
+
+
+def derivative_callback(
+    plan: Plan,
+    endpoint: str,
+    in_avals: Sequence[Any],
+    given: tuple[str, ...],
+    given_avals: Sequence[Any],
+    paths: tuple[str, ...],
+    generic: Callback,
+) -> Callback | None:
+    """The author's `endpoint` ("vjp": cotangents of outputs `given`, answers for inputs
+    `paths`; "jvp": tangents of inputs `given`, answers for outputs `paths`) on buffers
+    (token, the primals, the linear arguments); `generic` when `check_finite` is on. None if
+    the author did not write it."""
+    if not plan.has(endpoint):
+        return None
+    n, m = len(in_avals), len(given)
+    role = "cotangent" if endpoint == "vjp" else "tangent"
+    names = (*plan.in_paths, *(f"{role} of '{p}'" for p in given))
+    lending = _lending(plan, endpoint, names, [*in_avals, *given_avals])
+    run = _deriver(plan, endpoint, n, given, paths)
+
+    def callback(ctx: Any, *buffers: Any) -> None:
+        if finite.active():
+            return generic(ctx, *buffers)
+        # buffers[0] is the token: it never reaches author code (and is unused here).
+        if lending is not None:
+            return _lent(lending, run, buffers[1 : 1 + n + m], buffers[1 + n + m :])
+        arrays = [_copy(b) for b in buffers[1 : 1 + n + m]]
+        try:
+            run(arrays, buffers[1 + n + m :], None)
+        except Exception as e:
+            _clear(e)
+            raise carry(e) from None
+        return None
+
+    return callback
+
+
+def _deriver(
+    plan: Plan, endpoint: str, n: int, given: tuple[str, ...], paths: tuple[str, ...]
+) -> Runner:
+    comp, build = plan.component, plan.inputs
+    fn, accepted = plan.written[endpoint]
+    role, selector = ("cotangents", "wrt") if endpoint == "vjp" else ("tangents", "of")
+    takes_paths = selector in accepted
+    calls, name = comp.calls, comp.name
+
+    def run(arrays: list[np.ndarray], targets: Sequence[Any], lending: Lending | None) -> None:
+        inputs = build(arrays[:n])
+        linear = dict(zip(given, arrays[n:], strict=True))
+        watched = lending.watch(arrays, (inputs, linear)) if lending is not None else None
+        calls[endpoint] += 1
+        try:
+            if takes_paths:
+                result = fn(inputs, **{role: linear, selector: paths})
+            else:
+                result = fn(inputs, **{role: linear})
+            for i in range(len(targets)):
+                _put(targets[i], result[paths[i]])
+        except Exception as e:
+            raise _guarded(name, endpoint, e)  # noqa: B904 (it chains `e` as its cause)
+        if lending is not None:
+            del result  # (it may hold a lent array: the author may answer with one given)
+            lending.settle(watched, arrays, (inputs, linear))
+
+    return run
+
+
+def _put(buffer: Any, value: Any) -> None:
+    """Copy `value` into XLA's result `buffer` (exact shape; dtype cast as the generic path
+    does; else a clear error)."""
+    target = np.asarray(buffer)
+    if type(value) is np.ndarray and value.dtype == target.dtype and value.shape == target.shape:
+        np.copyto(target, value)
+    else:
+        _fill(target, np.asarray(value, target.dtype))
+
+
+def _guarded(name: str, endpoint: str, error: Exception) -> Exception:
+    """What `dispatch.guard` makes of `error` raised by the author's code (itself if none)."""
+    try:
+        dispatch.guard(name, Counter(), endpoint).__exit__(type(error), error, None)
+    except Exception as converted:
+        return converted
+    return error
+
+
+def _lending(
+    plan: Plan, endpoint: str, names: Sequence[str], avals: Sequence[Any]
+) -> Lending | None:
+    shapes = [tuple(a.shape) for a in avals]
+    if _nbytes(shapes, [a.dtype for a in avals]) < LEND_BYTES:
+        return None
+    return Lending(plan.component.name, endpoint, names)
+
+
+def _lent(
+    lending: Lending,
+    run: Runner,
+    given: Sequence[Any],
+    targets: Sequence[Any],
+) -> None:
+    """`run` on views of (or copies of) `given`, under `lending`'s watch."""
+    arrays = lending.take(given)
+    counts = _counts(arrays)
+    try:
+        run(arrays, targets, lending)
+    except Exception as e:
+        _clear(e)
+        raise carry(_unpinned(e, arrays, counts)) from None
+
+
+# ---- the factories `primitives` asks for a site's own callback (None: the generic one) ----
+
+
+def for_apply(generic: Callback, spec: Any, keep: bool, **params: Any) -> Callback | None:
+    """`call_p`'s callback at `spec` (a `primitives._Spec`), unless it keeps a linearization."""
+    plan = spec.plan
+    if plan is None or (keep and spec.keeps):  # a kept linearization: the generic path
+        return None
+    in_avals = [spec.in_aval(i) for i in range(len(spec.in_paths))]
+    return apply_callback(plan, spec.out_shapes, in_avals, keep, generic)
+
+
+def for_linear(kind: str) -> Callable[..., Callback | None]:
+    """The factory of `jvp_p`'s (`kind` "jvp") or `vjp_p`'s callbacks."""
+
+    def factory(
+        generic: Callback, spec: Any, wrt: tuple[int, ...], of: tuple[int, ...], **params: Any
+    ) -> Callback | None:
+        plan = spec.plan
+        if plan is None:
+            return None
+        ins = tuple(spec.in_paths[i] for i in wrt)
+        outs = tuple(spec.out_paths[i] for i in of)
+        given, paths = (outs, ins) if kind == "vjp" else (ins, outs)
+        in_avals = [spec.in_aval(i) for i in range(len(spec.in_paths))]
+        linear = [spec.out_avals[i] for i in of] if kind == "vjp" else [in_avals[i] for i in wrt]
+        return derivative_callback(plan, kind, in_avals, given, linear, paths, generic)
+
+    return factory
