@@ -29,7 +29,7 @@ from chainrule._component.carried import carry
 from chainrule._component.plan import Plan
 
 from .buffers import _clear, _copy, _counts, _fill, _unpinned
-from .lending import Lending
+from .lending import KeptBufferError, Lending
 
 __all__ = ["LEND_BYTES", "apply_callback", "derivative_callback", "for_apply", "for_linear"]
 
@@ -251,6 +251,8 @@ def _lent(
     counts = _counts(arrays)
     try:
         run(arrays, targets, lending)
+    except KeptBufferError as e:
+        raise carry(e) from None
     except Exception as e:
         _clear(e)
         raise carry(_unpinned(e, arrays, counts)) from None

@@ -31,7 +31,13 @@ from chainrule._schema.errors import ComponentError
 
 from .buffers import _copy, _read_only
 
-__all__ = ["Lending"]
+__all__ = ["KeptBufferError", "Lending"]
+
+
+class KeptBufferError(ComponentError):
+    """The author's code kept an array lent to it (a `ComponentError`). It holds no view
+    itself: it crosses XLA as it is, whoever still holds the kept array."""
+
 
 _getrefcount = sys.getrefcount
 
@@ -79,7 +85,7 @@ class Lending:
         if kept:
             self.mode = "copy"
             names = ", ".join(repr(self.names[i]) for i in kept)
-            raise ComponentError(
+            raise KeptBufferError(
                 f"component '{self.component}' kept {names} (given to its {self.endpoint}) past "
                 "the call. chainrule lent it XLA's own buffer, which XLA reuses once the call "
                 f"returns, so the kept array would later show other values. Keep a copy "

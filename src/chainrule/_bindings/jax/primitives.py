@@ -42,6 +42,8 @@ from .buffers import buffer_host, direct_host
 Prim = jax_extend.core.Primitive
 
 
+_TOKENED = ("jvp", "vjp", "batched_jvp", "batched_vjp")  # the endpoints given a token
+
 # ---- the static description of one call site -----------------------------------------------
 
 
@@ -110,10 +112,12 @@ class _Spec:
 
     @functools.cached_property
     def keeps(self) -> bool:
-        """Whether a kept linearization can serve the derivatives: not if all are written
-        or derived from written ones (they never read it; stale at worst: never wrong)."""
-        found = [impl.provenance for impl in self.component.impls.values()]
-        return not all(p == "written" or p.endswith("<- written") for p in found)
+        """Whether a kept linearization can serve the derivatives the binding asks with a
+        token (jvp, vjp, batched): not if they are written or derived from written ones
+        (they never read it)."""
+        impls = self.component.impls
+        found = [impls[e].provenance for e in _TOKENED if e in impls]
+        return not all(p == "written" or "<- written" in p for p in found)
 
     @functools.cached_property
     def plan(self) -> Plan | None:
