@@ -21,7 +21,10 @@ import numpy as np
 
 from chainrule._component.carried import carry
 
-__all__ = ["buffer_host", "direct_host"]
+__all__ = ["Callback", "buffer_host", "direct_host", "put"]
+
+Callback = Callable[..., None]
+"""A buffer callback as jaxlib calls it: `(exec_ctx, *input buffers, *result buffers)`."""
 
 
 def buffer_host(
@@ -127,3 +130,13 @@ def _unpinned(error: BaseException, views: list[np.ndarray], counts: list[int]) 
     if not _pinned(views, counts):
         return error
     return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def put(buffer: Any, value: Any) -> None:
+    """Copy `value` into XLA's result `buffer` (exact shape; dtype cast as the generic path
+    does; else a clear error)."""
+    target = np.asarray(buffer)
+    if type(value) is np.ndarray and value.dtype == target.dtype and value.shape == target.shape:
+        np.copyto(target, value)
+    else:
+        _fill(target, np.asarray(value, target.dtype))

@@ -20,7 +20,7 @@ over anything else loops inside one host callback. A batch of size 0 calls nothi
 The host callbacks are emitted with JAX's internal emitter, which hands the host the numpy
 views XLA already has (`jax.pure_callback` would first put every argument on a device as a
 `jax.Array`, ~50-100 µs each); a JAX without that emitter falls back to `jax.pure_callback`,
-as does every host callback when the binding is configured so (`primitives.configure`:
+as does every host callback when the binding is configured so (`settings.configure`:
 `chainrule.jax` reads `CHAINRULE_JAX_PURE_CALLBACK=1` from the environment when imported).
 
 The primitives and their host functions live in `primitives`, their derivative and vmap

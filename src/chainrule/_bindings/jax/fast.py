@@ -25,15 +25,16 @@ from typing import Any
 import numpy as np
 
 from chainrule._component import dispatch, finite
+from chainrule._component.backends.base import Lane
 from chainrule._component.carried import carry
 from chainrule._component.plan import Plan
 
-from .buffers import _clear, _copy, _counts, _fill, _unpinned
+from .buffers import Callback, _clear, _copy, _counts, _fill, _unpinned, put
+from .kept import kept_apply_callback, kept_vjp_callback
 from .lending import KeptBufferError, Lending
 
 __all__ = ["LEND_BYTES", "apply_callback", "derivative_callback", "for_apply", "for_linear"]
 
-Callback = Callable[..., None]
 Runner = Callable[[list[np.ndarray], Sequence[Any], Lending | None], None]
 """`run(arrays, targets, lending)`: the call at `arrays`, its answers written to `targets`."""
 
@@ -60,11 +61,11 @@ def apply_callback(
     "recompute"); `generic` when `check_finite` is on. None where the lane cannot be lent
     buffers (it keeps what it is given)."""
     lane = plan.lane
-    if lane is None or not lane.lends:
+    if lane is None:
         return None
     n, m = len(in_avals), len(shapes)
-    lending = _lending(plan, "apply", plan.in_paths, in_avals)
-    run = _applier(plan)
+    lending = _lending(plan, "apply", plan.in_paths, in_avals) if lane.lends else None
+    run = _applier(plan) if lane.lends else _through(lane.fresh_copies(), plan, shapes)
 
     def callback(ctx: Any, *buffers: Any) -> None:
         if finite.active():
@@ -91,8 +92,21 @@ def apply_callback(
     return callback
 
 
+def _through(lane: Lane, plan: Plan, shapes: Sequence[tuple[int, ...]]) -> Runner:
+    """`run(arrays, targets)` by the lane's own apply (a lane that is given copies)."""
+    build = plan.inputs
+
+    def run(arrays: list[np.ndarray], targets: Sequence[Any], lending: Lending | None) -> None:
+        outs = lane.apply(build, arrays, shapes, False)[0]
+        for i in range(len(targets)):
+            put(targets[i], outs[i])
+
+    return run
+
+
 def _applier(plan: Plan) -> Runner:
-    """`run(arrays, targets)`: the function at `arrays`, its outputs written to `targets`."""
+    """`run(arrays, targets)`: the function at `arrays`, its outputs written to `targets`; for
+    a lane that lends, which computes on the arrays as they are (`fn(inputs)`)."""
     lane, comp = plan.lane, plan.component
     assert lane is not None
     fn, outputs, calls, name = comp.fn, comp.outputs, comp.calls, comp.name
@@ -202,7 +216,7 @@ def _deriver(
             else:
                 result = fn(inputs, **{role: linear})
             for i in range(len(targets)):
-                _put(targets[i], result[paths[i]])
+                put(targets[i], result[paths[i]])
         except Exception as e:
             raise _guarded(name, endpoint, e)  # noqa: B904 (it chains `e` as its cause)
         if lending is not None:
@@ -210,16 +224,6 @@ def _deriver(
             lending.settle(watched, arrays, (inputs, linear))
 
     return run
-
-
-def _put(buffer: Any, value: Any) -> None:
-    """Copy `value` into XLA's result `buffer` (exact shape; dtype cast as the generic path
-    does; else a clear error)."""
-    target = np.asarray(buffer)
-    if type(value) is np.ndarray and value.dtype == target.dtype and value.shape == target.shape:
-        np.copyto(target, value)
-    else:
-        _fill(target, np.asarray(value, target.dtype))
 
 
 def _guarded(name: str, endpoint: str, error: Exception) -> Exception:
@@ -264,8 +268,10 @@ def _lent(
 def for_apply(generic: Callback, spec: Any, keep: bool, **params: Any) -> Callback | None:
     """`call_p`'s callback at `spec` (a `primitives._Spec`), unless it keeps a linearization."""
     plan = spec.plan
-    if plan is None or (keep and spec.keeps):  # a kept linearization: the generic path
+    if plan is None:
         return None
+    if keep and spec.keeps:  # a kept linearization
+        return kept_apply_callback(spec, generic)
     in_avals = [spec.in_aval(i) for i in range(len(spec.in_paths))]
     return apply_callback(plan, spec.out_shapes, in_avals, keep, generic)
 
@@ -284,6 +290,10 @@ def for_linear(kind: str) -> Callable[..., Callback | None]:
         given, paths = (outs, ins) if kind == "vjp" else (ins, outs)
         in_avals = [spec.in_aval(i) for i in range(len(spec.in_paths))]
         linear = [spec.out_avals[i] for i in of] if kind == "vjp" else [in_avals[i] for i in wrt]
-        return derivative_callback(plan, kind, in_avals, given, linear, paths, generic)
+        if plan.has(kind):
+            return derivative_callback(plan, kind, in_avals, given, linear, paths, generic)
+        if kind == "vjp" and spec.keeps:  # from the kept linearization (torch's graph)
+            return kept_vjp_callback(spec, wrt, of, generic)
+        return None
 
     return factory

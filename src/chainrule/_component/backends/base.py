@@ -61,7 +61,11 @@ class Lane(Protocol):
     lends: bool
     """Whether `apply` without `keep` may be given views of a caller's buffers (read-only,
     valid during the call only): the lane keeps nothing of them, and the binding checks the
-    author's code keeps nothing either (`chainrule._bindings.jax.lending`)."""
+    author's code keeps nothing either (`chainrule._bindings.jax.lending`). Such a lane
+    computes on the arrays as they are: the binding may call `component.fn(inputs)` itself."""
+
+    vjps: bool
+    """Whether `vjp` answers from residuals `apply` kept (else `owns` is always False)."""
 
     def apply(
         self,
@@ -74,6 +78,10 @@ class Lane(Protocol):
         with `keep`, the residual to keep. `build(values)` makes the inputs instance from
         values in the site's input order (the lane may convert the arrays first); `shapes`
         are the output shapes the site expects."""
+
+    def fresh_copies(self) -> Lane:
+        """This lane for a caller whose arrays are copies made for each call and held by no
+        one else (the lane may keep them without copying again)."""
 
     def owns(self, residual: Residual | None) -> bool:
         """Whether `vjp` can answer from `residual`."""

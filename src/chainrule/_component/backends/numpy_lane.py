@@ -30,6 +30,7 @@ class NumpyLane:
     """
 
     lends = True  # apply keeps nothing of its arrays: it may be lent XLA's buffers
+    vjps = False  # finite differences run through the component's endpoints
 
     def __init__(
         self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
@@ -80,6 +81,9 @@ class NumpyLane:
             type(v) is np.ndarray and v.dtype == spec.dtype and v.shape == shape
             for v, spec, shape in zip(given, self.out_specs, shapes, strict=True)
         )
+
+    def fresh_copies(self) -> NumpyLane:
+        return self  # (it never copies what it is given)
 
     @staticmethod
     def owns(residual: Residual | None) -> bool:

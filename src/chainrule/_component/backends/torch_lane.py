@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = ["HostLane"]
 
+
+def _wrap(a: np.ndarray) -> torch.Tensor:
+    """A tensor over `a` (a fresh copy, maybe read-only: torch takes it through DLPack)."""
+    return torch.from_dlpack(a) if not a.flags.writeable else torch.from_numpy(a)
+
+
 Tree = dict[str, Any]
 
 
@@ -35,6 +42,8 @@ class HostLane:
     """
 
     lends = False  # torch has no read-only tensors: it is given copies (see `apply`)
+    vjps = True  # from the autograd graph a kept apply recorded
+    fresh = False  # whether `apply` is given arrays of its own (set per site: `fresh_copies`)
 
     def __init__(
         self, component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]
@@ -69,8 +78,9 @@ class HostLane:
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
         # A kept graph holds its own copies. Read-only arrays (XLA's buffers) are copied even
         # then: torch has no read-only tensors, and an author's in-place op must not change a
-        # JAX value (a check after the call would come too late).
-        convert = owned if keep else to_torch
+        # JAX value (a check after the call would come too late). Arrays that are the lane's
+        # own already (`fresh`: copies made for this call, held by nobody else) are wrapped.
+        convert = _wrap if self.fresh else owned if keep else to_torch
         tensors = {p: convert(a) for p, a in zip(self.in_paths, arrays, strict=True)}
         leaves = {p: tensors[p].detach().requires_grad_(True) for p in self.diff} if keep else {}
         inputs = build([leaves.get(p, tensors[p]) for p in self.in_paths])
@@ -109,6 +119,12 @@ class HostLane:
         raw = replace_leaves(out, numpy_views(detached))
         checked = self.component.validate_outputs(raw, self.component.at(inputs))
         return [np.asarray(checked.__dict__[p]) for p in self.out_paths]
+
+    def fresh_copies(self) -> HostLane:
+        """This lane for a caller that hands `apply` fresh copies of its own (no copy again)."""
+        lane = copy.copy(self)
+        lane.fresh = True
+        return lane
 
     @staticmethod
     def owns(residual: Residual | None) -> bool:
