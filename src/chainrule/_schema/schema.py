@@ -8,9 +8,7 @@ one call) or `...` (any number of dimensions).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from types import EllipsisType
@@ -71,14 +69,19 @@ _CASTINGS = ("safe", "same_kind", "unsafe")
 _PASSTHROUGH: ContextVar[bool] = ContextVar("chainrule_passthrough", default=False)
 
 
-@contextlib.contextmanager
-def passthrough() -> Iterator[None]:
-    """Within this block, schema validation accepts framework arrays as they are."""
-    token = _PASSTHROUGH.set(True)
-    try:
-        yield
-    finally:
-        _PASSTHROUGH.reset(token)
+class passthrough:  # lower case: used like the function it was (a context manager)
+    """Within this block, schema validation accepts framework arrays as they are.
+
+    A class, not a generator: it is entered on every host call of a torch component.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _PASSTHROUGH.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _PASSTHROUGH.reset(self._token)
 
 
 @dataclass(frozen=True)
