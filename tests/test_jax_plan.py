@@ -88,6 +88,7 @@ def test_a_planned_site_answers_as_finite_differences_and_counts_its_calls() -> 
     x, t = jnp.linspace(0.1, 1.0, 7), jnp.linspace(-1.0, 1.0, 7)
     jvp = jax.jit(lambda v, w: jax.jvp(lambda u: crj.call(comp, {"x": u})["y"], (v,), (w,)))
     y, dy = jvp(x, t)
+    np.testing.assert_allclose(y, np.sin(np.asarray(x)), rtol=1e-15)
     np.testing.assert_allclose(dy, np.cos(np.asarray(x)) * np.asarray(t), rtol=1e-15)
     assert comp.calls["jvp"] >= 1
 
@@ -126,9 +127,9 @@ def test_an_input_kept_after_lending_began_is_a_loud_error_then_copies() -> None
     for _ in range(3):
         g(x)  # lending by now
     keep["array"] = True
-    with pytest.raises(cr.ComponentError, match=r"kept 'x' \(given to its apply\).*np.array"):
-        with crj.errors():
-            g(x)
+    kept = r"kept 'x' \(given to its apply\).*np.array"
+    with pytest.raises(cr.ComponentError, match=kept), crj.errors():
+        g(x)
     keep.pop("arrays")
     jax.block_until_ready(g(x + 1.0))  # the site copies from now on: what it keeps stays right
     jax.block_until_ready(g(x + 2.0))
