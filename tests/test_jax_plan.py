@@ -188,7 +188,7 @@ def test_outputs_that_are_not_exact_go_through_the_output_check() -> None:
     def short(inputs: In) -> Shaped:
         return Shaped(y=inputs.x[:-1])  # n - 1 elements where the inputs say n
 
-    with pytest.raises(cr.OutputValidationError, match="outputs.y"), crj.errors():
+    with pytest.raises(cr.OutputValidationError, match=r"outputs\.y"), crj.errors():
         jax.jit(lambda v: crj.call(short, {"x": v})["y"])(x)
 
 
