@@ -5,7 +5,9 @@ Registered with JAX when this module is imported (`chainrule.jax` imports it): t
 levels: each element kept its own); `jvp_p` and `vjp_p` transpose into each other; their own
 jvps add a curvature term (second order, `curvature`). vmap pushes a "loop" level onto
 a primitive's `levels`, or, when only the linear arguments are mapped, makes them the
-innermost "batched" level (one call to a batched endpoint per loop element). Kept apart from
+innermost "batched" level (one call to a batched endpoint per loop element); a remote
+component's derivatives at mapped primals get the level "points" instead of a loop (one
+request for all the points, `batched=` on the endpoint). Kept apart from
 the primitives (`primitives`) so each file reads as one concern: what runs on the host,
 and how JAX transforms it.
 """
@@ -74,10 +76,12 @@ def _call_jvp(
 ) -> Any:
     wrt = _check_tangents(spec, tangents, "jvp")
     # Under vmap over primals answered by one batched_apply (the innermost level "batched"),
-    # the derivatives loop over the points: a batched endpoint batches tangents, not points.
-    # A remote component still sends the forward as one request (its derivatives recompute
-    # on the server either way); any other keeps its linearization per point.
-    linear = (*levels[:-1], "loop") if levels[-1:] == ("batched",) else levels
+    # a remote component's derivatives are one request at all the points too (the level
+    # "points"; they recompute on the server either way); any other keeps its linearization
+    # per point, and its derivatives loop over the points.
+    linear = levels
+    if levels[-1:] == ("batched",):
+        linear = (*levels[:-1], "points" if _is_remote(spec) else "loop")
     keeps = levels if _is_remote(spec) else linear
     outs = call_p.bind(*primals, spec=spec, keep=True, levels=keeps, sizes=sizes)
     values, token = list(outs[:-1]), outs[-1]
@@ -212,11 +216,20 @@ def _batch_rule(prim: Prim, n_fixed: Callable[[dict[str, Any]], int]) -> Callabl
         level = "loop"
         if prim is call_p and not params["levels"] and size:
             level = "batched" if not params["keep"] or _is_remote(params["spec"]) else "loop"
+        elif prim in (jvp_p, vjp_p) and _at_points(params):
+            level = "points"
         new = {**params, "levels": (level, *params["levels"]), "sizes": (size, *params["sizes"])}
         outs = prim.bind(*moved, **new)
         return outs, [0] * len(outs)
 
     return rule
+
+
+def _at_points(params: dict[str, Any]) -> bool:
+    """Whether a derivative whose primals vmap maps now answers all the points in one
+    request (the level "points", outermost): a remote component's, with no loop below (a
+    batched level inside is the endpoint's own batch axis: jacrev, then vmap)."""
+    return _is_remote(params["spec"]) and all(v == "batched" for v in params["levels"])
 
 
 def _batched(
