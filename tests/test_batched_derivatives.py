@@ -315,3 +315,47 @@ def test_an_older_server_without_the_keyword_gets_a_request_per_point(
     expected, _ = _vmap_grad(_twin)
     for a, b in zip(found, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+# ---- torch: vmap of reverse mode, a loop where vmap cannot map -----------------------------
+
+
+def test_torch_answers_a_vjp_at_b_points_by_vmap_safely_from_many_threads() -> None:
+    """`torch.func.vmap` of `torch.func.vjp` (reverse mode only: no process-global dual
+    levels), from 4 threads at once, each answer its own points' per-point vjps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    comp = _make("torch")
+    backend: Any = comp.backend
+    request = {"cotangents": {"y": DX}, "wrt": ("x",)}
+    assert backend.points("vjp", comp.point({"x": XS[0], "w": W}), {"x": XS}, request)
+
+    def job(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        xs, ct = rng.normal(size=(B, 3)), rng.normal(size=(B, 3))
+        for _ in range(10):
+            found = comp.call("vjp", {"x": xs, "w": W}, cotangents={"y": ct}, batched=["x"])
+            for b in range(B):
+                one = comp.vjp({"x": xs[b], "w": W}, {"y": ct[b]})
+                np.testing.assert_allclose(found["x"][b], one["x"], rtol=1e-13)
+                np.testing.assert_allclose(found["w"][b], one["w"], rtol=1e-13)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(job, range(8)))
+
+
+def test_a_torch_function_vmap_cannot_map_is_answered_point_by_point() -> None:
+    import torch
+
+    def itemised(inputs: Design) -> Response:
+        k = float(inputs.x[0].item())  # data-dependent: torch.func.vmap refuses it
+        y = torch.tanh(inputs.x) * inputs.w * k
+        return Response(y=y, total=torch.sum(y))
+
+    comp = cr.component(itemised, inputs=Design, outputs=Response, backend="torch")
+    backend: Any = comp.backend
+    request = {"cotangents": {"y": DX}, "wrt": ("w",)}
+    assert backend.points("vjp", comp.point({"x": XS[0], "w": W}), {"x": XS}, request) is None
+    found = comp.call("vjp", {"x": XS, "w": W}, cotangents={"y": DX}, wrt=["w"], batched=["x"])
+    expected = jax.vmap(lambda x, c: jax.vjp(lambda w: jnp.tanh(x) * w * x[0], W)[1](c)[0])(XS, DX)
+    np.testing.assert_allclose(found["w"], expected, rtol=1e-13)
