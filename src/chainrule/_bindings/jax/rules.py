@@ -85,6 +85,8 @@ def _call_jvp(
     keeps = levels if _is_remote(spec) else linear
     outs = call_p.bind(*primals, spec=spec, keep=True, levels=keeps, sizes=sizes)
     values, token = list(outs[:-1]), outs[-1]
+    if keeps[-1:] == ("batched",):  # a batched apply keeps nothing (see `_batch_rule`)
+        token = jnp.zeros_like(token)
     out_avals = _batched_avals(spec.out_avals, sizes)
     tangents_out = [_tangent_zero(a) for a in out_avals]
     if wrt and spec.diff_outs:
@@ -220,6 +222,10 @@ def _batch_rule(prim: Prim, n_fixed: Callable[[dict[str, Any]], int]) -> Callabl
             level = "points"
         new = {**params, "levels": (level, *params["levels"]), "sizes": (size, *params["sizes"])}
         outs = prim.bind(*moved, **new)
+        if level == "batched" and params["keep"]:
+            # A batched apply keeps nothing: its tokens are 0 whatever it computed, so the
+            # derivatives need not wait for it (and jit drops it where its values are unused).
+            outs = [*outs[:-1], jnp.zeros_like(outs[-1])]
         return outs, [0] * len(outs)
 
     return rule
