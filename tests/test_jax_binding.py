@@ -532,12 +532,11 @@ def test_every_order_of_batching_and_differentiation(
         e[k] = eps
         fd = (total(XS + e) - total(XS - e)) / (2 * eps)
         np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-6)
-    # Rows of a Jacobian stay one batched vjp per vmapped element, not one per row; a served
-    # component answers the elements at once (torch by vmap: one call; the others loop).
+    # Rows of a Jacobian stay one batched vjp per vmapped element, not one per row; torch
+    # answers the elements at once (torch.func.vmap: one call; the others loop over them).
     worker.calls.clear()
     mine["jacrev(vmap, in_axes=1)"]()
-    at_once = transport != "in-process" and kind == "torch"
-    each = 1 if at_once else len(XS)
+    each = 1 if kind == "torch" else len(XS)
     assert worker.calls["batched_vjp"] == each and worker.calls["vjp"] == 0, worker.calls
 
 
