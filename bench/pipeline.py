@@ -335,10 +335,11 @@ def vmap_wire(budget: float, backend: str = "torch", designs: int = 64) -> dict[
         grad = jax.grad(lambda x: jnp.sum(one(x)))
         grads, grad_one = jax.jit(jax.vmap(grad)), jax.jit(grad)
         jacs = jax.jit(jax.vmap(jax.jacrev(one)))
+        reads = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(jnp.sin(one(x))))))
         np.testing.assert_allclose(batched(xs), np.stack([single(x) for x in xs]))
         np.testing.assert_allclose(grads(xs), np.stack([grad_one(x) for x in xs]), rtol=1e-6)
         out: dict[str, str] = {}
-        for name, fn in (("apply", batched), ("grad", grads), ("jacrev", jacs)):
+        for name, fn in (("apply", batched), ("grad", grads), ("reads", reads), ("jacrev", jacs)):
             with counting(remote) as sent:
                 fn(xs)
             out[name] = _wire(sent)
@@ -398,6 +399,7 @@ def main() -> None:
         wire.add_row(f"jit(f), one design ({backend})", v["one"])
         wire.add_row(f"jit(vmap(f)), 64 designs ({backend})", v["apply"])
         wire.add_row(f"jit(vmap(grad(sum∘f))), 64 designs ({backend})", v["grad"])
+        wire.add_row(f"jit(vmap(grad(sum∘sin∘f))), 64 designs ({backend})", v["reads"])
         wire.add_row(f"jit(vmap(jacrev(f))), 64 designs ({backend})", v["jacrev"])
         wire.add_row(f"time: vmap of 64 vs 64 calls, goal ≥ 10× ({backend})", v["time"])
         wire.add_row(f"time: vmap(grad) of 64 vs 64 grad calls ({backend})", v["grad time"])
