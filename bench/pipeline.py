@@ -14,7 +14,8 @@
    Goals (issue 17): ≤ 1.3× jaxbind; torch ≤ 1.0× the hand bridge.
 3. Requests on the wire (every request a served component receives, not only derivative
    calls): `jit(jacrev)` of a 100-output component, and `vmap` over 64 designs of a small
-   component (apply, and `grad` under `vmap`), with the time of the vmap against 64 calls.
+   component (apply, and `grad` and `jacrev` under `vmap`), with the time of the vmap (of
+   apply, and of grad) against 64 calls.
 
 Run: `python bench/pipeline.py` (`--quick` for a short run; `--sizes 10 10000` to pick sizes).
 Needs the `bench` extra (`pip install -e '.[all,bench]'`) for jaxbind.
@@ -331,20 +332,30 @@ def vmap_wire(budget: float, backend: str = "torch", designs: int = 64) -> dict[
             return crj.call(remote, {"x": x})["y"]
 
         batched, single = jax.jit(jax.vmap(one)), jax.jit(one)
-        grads = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(one(x)))))
+        grad = jax.grad(lambda x: jnp.sum(one(x)))
+        grads, grad_one = jax.jit(jax.vmap(grad)), jax.jit(grad)
+        jacs = jax.jit(jax.vmap(jax.jacrev(one)))
+        reads = jax.jit(jax.vmap(jax.grad(lambda x: jnp.sum(jnp.sin(one(x))))))
         np.testing.assert_allclose(batched(xs), np.stack([single(x) for x in xs]))
+        np.testing.assert_allclose(grads(xs), np.stack([grad_one(x) for x in xs]), rtol=1e-6)
         out: dict[str, str] = {}
-        for name, fn in (("apply", batched), ("grad", grads)):
+        for name, fn in (("apply", batched), ("grad", grads), ("reads", reads), ("jacrev", jacs)):
             with counting(remote) as sent:
                 fn(xs)
             out[name] = _wire(sent)
         with counting(remote) as sent:
             single(xs[0])
         out["one"] = _wire(sent)
-        t_vmap = _median(lambda: batched(xs), budget)
-        t_loop = _median(lambda: [single(x) for x in xs], budget)
-        out["time"] = f"{t_vmap * 1e3:.2f} ms vs {t_loop * 1e3:.2f} ms: {t_loop / t_vmap:.1f}×"
+        out["time"] = _versus(batched, single, xs, budget)
+        out["grad time"] = _versus(grads, grad_one, xs, budget)
     return out
+
+
+def _versus(batched: Fn, single: Fn, xs: jax.Array, budget: float) -> str:
+    """The time of `batched(xs)` against `single` on each design in turn."""
+    t_vmap = _median(lambda: batched(xs), budget)
+    t_loop = _median(lambda: [single(x) for x in xs], budget)
+    return f"{t_vmap * 1e3:.2f} ms vs {t_loop * 1e3:.2f} ms: {t_loop / t_vmap:.1f}×"
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -388,7 +399,10 @@ def main() -> None:
         wire.add_row(f"jit(f), one design ({backend})", v["one"])
         wire.add_row(f"jit(vmap(f)), 64 designs ({backend})", v["apply"])
         wire.add_row(f"jit(vmap(grad(sum∘f))), 64 designs ({backend})", v["grad"])
+        wire.add_row(f"jit(vmap(grad(sum∘sin∘f))), 64 designs ({backend})", v["reads"])
+        wire.add_row(f"jit(vmap(jacrev(f))), 64 designs ({backend})", v["jacrev"])
         wire.add_row(f"time: vmap of 64 vs 64 calls, goal ≥ 10× ({backend})", v["time"])
+        wire.add_row(f"time: vmap(grad) of 64 vs 64 grad calls ({backend})", v["grad time"])
     console.print(wire)
 
 

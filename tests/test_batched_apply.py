@@ -1,9 +1,9 @@
 """`batched_apply` (issue 17): B points that differ only in some inputs, in one call.
 
 jax and torch answer with vmap, numpy with a loop; a served component answers the batch in
-ONE request, and `jax.vmap` over a call's primals sends that request (its derivatives go per
-point). Every answer is checked against the per-point answers, gradients against central
-finite differences in float64.
+ONE request, and `jax.vmap` over a call's primals sends that request (its derivatives are
+one request too: `tests/test_batched_derivatives.py`). Every answer is checked against the
+per-point answers, gradients against central finite differences in float64.
 """
 
 from __future__ import annotations
@@ -143,13 +143,14 @@ def _fd(f: Any, args: tuple[Any, ...], i: int, d: Any, eps: float = 1e-6) -> Any
 def test_gradients_under_vmap_over_primals_match_finite_differences(
     remote: cr.Component, sent: Counter[str]
 ) -> None:
-    """grad of a vmapped call (one batched_apply forward, a vjp per point) and vmap of grad,
+    """grad of a vmapped call (one batched_apply forward, one vjp at all the points) and vmap
+    of grad,
     against central differences of the batch's loss and the per-point gradients."""
     loss = _loss(remote)
     batch = lambda xs, w: jnp.sum(jax.vmap(loss, in_axes=(0, None))(xs, w))  # noqa: E731
     xs, w = jnp.asarray(XS), jnp.asarray(W)
     gx, gw = jax.jit(jax.grad(batch, argnums=(0, 1)))(xs, w)
-    assert sent["batched_apply"] == 1 and sent["apply"] == 0 and sent["vjp"] == B
+    assert sent["batched_apply"] == 1 and sent["apply"] == 0 and sent["vjp"] == 1
     for i, g in ((0, gx), (1, gw)):
         d = jax.random.normal(jax.random.key(i), g.shape)
         np.testing.assert_allclose(jnp.vdot(g, d), _fd(batch, (xs, w), i, d), rtol=1e-7)

@@ -121,10 +121,21 @@ def test_vmap_of_64_designs_is_one_batched_apply_split_over_the_replicas(
     assert [rows.count(p) for p in dict.fromkeys(rows)] == [16] * 4, rows
 
 
-def test_jit_vmap_grad_over_the_replicas_matches_finite_differences(pids: cr.Component) -> None:
+def test_jit_vmap_grad_over_the_replicas_matches_finite_differences(
+    pids: cr.Component, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batched_apply and one vjp at the 16 points, each split over the 4 replicas."""
+    transport = transport_of(pids)
+    sent: list[str] = []
+    submit = transport._submit
+    monkeypatch.setattr(
+        transport, "_submit", lambda i, e, r, *a: sent.append(e) or submit(i, e, r, *a)
+    )
     designs = np.linspace(-1.0, 1.0, 16 * 3).reshape(16, 3)
     loss = lambda x: jnp.sum(crj.call(pids, {"x": x})["y"] ** 2)  # noqa: E731
     grads = np.asarray(jax.jit(jax.vmap(jax.grad(loss)))(designs))
+    assert sent == ["batched_apply"] * 4 + ["vjp"] * 4  # a slice of the points per replica
+    monkeypatch.undo()
     batch = jax.vmap(loss)  # central differences, each shift of the 16 designs one batch
     h = 1e-6
     fd = np.stack(
@@ -132,6 +143,27 @@ def test_jit_vmap_grad_over_the_replicas_matches_finite_differences(pids: cr.Com
     )
     np.testing.assert_allclose(grads, fd, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(grads, 2 * (designs**3 - designs) * (3 * designs**2 - 1), rtol=1e-13)
+
+
+def test_vmap_of_jvp_over_the_replicas_slices_the_tangents_with_the_points(
+    pids: cr.Component, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = transport_of(pids)
+    sent: list[str] = []
+    submit = transport._submit
+    monkeypatch.setattr(
+        transport, "_submit", lambda i, e, r, *a: sent.append(e) or submit(i, e, r, *a)
+    )
+    designs = np.linspace(-1.0, 1.0, 8 * 3).reshape(8, 3)
+    ts = np.cos(3 * designs)
+    f = lambda x: crj.call(pids, {"x": x})["y"]  # noqa: E731
+    _, found = jax.jit(jax.vmap(lambda x, t: jax.jvp(f, (x,), (t,))))(designs, ts)
+    assert sent == ["batched_apply"] * 4 + ["jvp"] * 4
+    monkeypatch.undo()
+    np.testing.assert_allclose(found, (3 * designs**2 - 1) * ts, rtol=1e-13)
+    h = 1e-6
+    fd = (jax.vmap(f)(designs + h * ts) - jax.vmap(f)(designs - h * ts)) / (2 * h)
+    np.testing.assert_allclose(found, fd, rtol=1e-7, atol=1e-9)
 
 
 def test_the_replicas_are_spread_over_both_nodes_and_answer_from_each(

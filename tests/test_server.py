@@ -197,6 +197,33 @@ def test_bad_inputs_are_named(strict: cr.Server, route: str, ctype: str) -> None
             check({"inputs": X}, 422, "ValidationError", f"missing keys ['{key}']")
 
 
+@pytest.mark.parametrize("ctype", [_wire.JSON, _wire.BINARY], ids=["json", "binary"])
+@pytest.mark.parametrize("route", ["jvp", "vjp", "batched_jvp", "batched_vjp"])
+def test_a_derivative_at_b_points_is_checked_and_its_fields_named(
+    strict: cr.Server, route: str, ctype: str
+) -> None:
+    """`batched`: the inputs named carry B points, the tangents or cotangents too."""
+    key, path = ("tangents", "x") if "jvp" in route else ("cotangents", "y")
+    row = (2,) if route.startswith("batched_") else ()
+    xs = np.arange(12.0).reshape(4, 3)
+    body = {"inputs": {**X, "x": xs}, "batched": ["x"], key: {path: np.ones((4, *row, 3))}}
+    status, answer = _post(strict, f"/{route}", body, ctype)
+    assert status == 200, answer
+    assert np.shape(answer["result"]["y" if "jvp" in route else "x"]) == (4, *row, 3)
+
+    def check(change: dict[str, Any], *needles: str) -> dict[str, Any]:
+        return _error(*_post(strict, f"/{route}", {**body, **change}, ctype), 422, *needles)
+
+    e = check({key: {path: np.ones((5, *row, 3))}}, "ValidationError", f"'{key}.{path}'", "4")
+    assert e["errors"][0]["path"] == f"{key}.{path}" and e["errors"][0]["got"] == "5 rows"
+    e = check({"inputs": {**X, "x": xs, "k": np.ones((3, 3))}, "batched": ["x", "k"]},
+              "ValidationError", "'inputs.k'")  # fmt: skip
+    assert e["errors"][0]["path"] == "inputs.k"
+    check({"batched": "x"}, "ValidationError", "'batched' must be a list of input paths")
+    check({"batched": ["nope"]}, "ValidationError", "'batched' must be paths of array inputs")
+    check({"handle": "h"}, "ValidationError", "handle")
+
+
 def test_non_differentiable_paths_are_named(strict: cr.Server) -> None:
     for route, body in [
         ("jvp", {**BODIES["jvp"], "tangents": {"k": V}}),

@@ -77,7 +77,11 @@ def test_schema_is_one_document_for_server_cli_and_wire(tmp_path: Any) -> None:
         served = Connection(server.url).get_json("/schema")
     assert served == printed
     assert WireTransport(comp).schema() == printed
-    assert printed["capabilities"] == {"static_shapes": True, "cheap_eval_shape": True}
+    assert printed["capabilities"] == {
+        "static_shapes": True,
+        "cheap_eval_shape": True,
+        "batched_points": True,
+    }
 
 
 # ---- one remote component, declared capabilities -------------------------------------------

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .component import Component
     from .point import Point
 
-__all__ = ["provenance", "row", "run"]
+__all__ = ["conform", "provenance", "row", "run", "stacks"]
 
 Stacks = dict[str, np.ndarray]
 
@@ -36,13 +36,13 @@ def run(c: Component, inputs: Any, batched: Sequence[str]) -> dict[str, np.ndarr
     tree = _tree.dump(inputs) if isinstance(inputs, Schema) else inputs
     if not isinstance(tree, Mapping):
         raise _invalid(c, "(body)", "an object of inputs", type(tree).__name__)
-    stacks = _stacks(c, tree, batched)
-    first = c.point(row(tree, stacks, 0))
-    stacks = _conform(c, first, stacks)
+    found = stacks(c, tree, batched)
+    first = c.point(row(tree, found, 0))
+    found = conform(c, first, found)
     native = getattr(c.backend, "batched_apply", None)
     with c.errors("batched_apply"):
-        found = native(first, stacks) if native is not None else None
-        return found if found is not None else _loop(c, tree, stacks)
+        answer = native(first, found) if native is not None else None
+        return answer if answer is not None else _loop(c, tree, found)
 
 
 def provenance(c: Component) -> str:
@@ -69,39 +69,43 @@ def _set(tree: Any, keys: list[str], value: Any) -> None:
     _set(inner, keys[1:], value)
 
 
-def _stacks(c: Component, tree: Mapping[str, Any], batched: Sequence[str]) -> Stacks:
+def stacks(
+    c: Component, tree: Mapping[str, Any], batched: Sequence[str], endpoint: str = "batched_apply"
+) -> Stacks:
+    """The batched leaves of `tree` by path, each with the same leading batch size (>= 1)."""
     if not batched:
-        raise _invalid(c, "batched", "at least one input path", "[]")
-    stacks: Stacks = {}
+        raise _invalid(c, "batched", "at least one input path", "[]", endpoint)
+    found: Stacks = {}
     for path in batched:
         try:
             value: Any = tree
             for key in path.split("."):
                 value = value[int(key)] if isinstance(value, list) else value[key]
         except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise _invalid(c, "batched", "paths of array inputs", repr(path)) from e
-        stacks[path] = np.asarray(value)
-    sizes = {p: s.shape[0] if s.ndim else None for p, s in stacks.items()}
+            raise _invalid(c, "batched", "paths of array inputs", repr(path), endpoint) from e
+        found[path] = np.asarray(value)
+    sizes = {p: s.shape[0] if s.ndim else None for p, s in found.items()}
     first = next(iter(sizes.values()))
     for path, size in sizes.items():
         if size is None or size != first or size == 0:
             got = "no axis" if size is None else f"{size} rows"
             want = f"a leading batch axis of {first} rows" if first else "a leading batch axis"
-            raise _invalid(c, f"inputs.{path}", want, got)
-    return stacks
+            raise _invalid(c, f"inputs.{path}", want, got, endpoint)
+    return found
 
 
-def _conform(c: Component, first: Point, stacks: Stacks) -> Stacks:
+def conform(c: Component, first: Point, stacks: Stacks, endpoint: str = "batched_apply") -> Stacks:
     """Each stack cast to the first point's dtype, its rows checked against that shape."""
     out = {}
     for path, stack in stacks.items():
         leaf = first.values.get(path)
         if leaf is None:
-            raise _invalid(c, "batched", "paths of array inputs", repr(path))
+            raise _invalid(c, "batched", "paths of array inputs", repr(path), endpoint)
         want = np.asarray(leaf)
         if stack.shape[1:] != want.shape:
             got = f"rows of shape {list(stack.shape[1:])}"
-            raise _invalid(c, f"inputs.{path}", f"rows of shape {list(want.shape)}", got)
+            want_rows = f"rows of shape {list(want.shape)}"
+            raise _invalid(c, f"inputs.{path}", want_rows, got, endpoint)
         out[path] = np.asarray(stack, want.dtype)
     return out
 
@@ -115,8 +119,10 @@ def _loop(c: Component, tree: Mapping[str, Any], stacks: Stacks) -> dict[str, np
     return {path: np.stack([r[path] for r in rows]) for path in rows[0]}
 
 
-def _invalid(c: Component, path: str, expected: str, got: str) -> ValidationError:
+def _invalid(
+    c: Component, path: str, expected: str, got: str, endpoint: str = "batched_apply"
+) -> ValidationError:
     return ValidationError(
-        f"batched_apply of component '{c.name}': '{path}' must be {expected}, got {got}",
+        f"{endpoint} of component '{c.name}': '{path}' must be {expected}, got {got}",
         errors=[{"path": path, "expected": expected, "got": got}],
     )

@@ -31,7 +31,7 @@ from chainrule._schema.errors import (
 )
 from chainrule._schema.schema import Schema
 
-from . import batched, dispatch, finite, validate
+from . import batched, dispatch, finite, points, validate
 from .backends.base import Backend, FiniteDifferences, as_outputs
 from .backends.load import load_backend
 from .endpoints import ENDPOINTS, Endpoint, derivatives
@@ -192,6 +192,8 @@ class Component:
             self._refuse(endpoint, request)
         if row.result == "batched_outputs":  # a batch of points, not one point
             return batched.run(self, inputs, request.get("batched") or ())
+        if row.derivative and request.get("batched"):  # B points at once
+            return points.run(self, row, inputs, request)
         return self._call(row, self.point(inputs), request)
 
     def _refuse(self, endpoint: str, request: Mapping[str, Any]) -> NoReturn:

@@ -36,7 +36,8 @@ Role = Literal[
 taken as they are (a handle names a residual), `tangents`/`cotangents` are arrays by input or
 output path, `wrt`/`of` select input or output paths; `weights` are an hvp's output weights,
 given as cotangents or (`scalar`) as the one scalar output `of`; `batched` names the inputs
-that carry a leading batch axis (`batched_apply`)."""
+that carry a leading batch axis (`batched_apply`; on a derivative row, B points at once,
+its tangents or cotangents and its answer carrying that axis first)."""
 
 Result = Literal["outputs", "shapes", "by_output", "by_input", "jacobian", "batched_outputs"]
 """What an endpoint answers: the outputs (an output schema instance), their shapes (one with
@@ -109,6 +110,13 @@ BATCHED = Keyword(
     lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "a list of input paths",
 )  # fmt: skip
+# On a derivative row: the inputs (by path) that carry a leading axis of B points; its tangents
+# or cotangents, and its answer, carry that axis too (before their own batch axis, if any).
+POINTS = Keyword(
+    "batched", "batched", list[str] | None, False,
+    lambda v: v is None or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+    "a list of input paths or null",
+)  # fmt: skip
 SCALAR = Keyword(
     "of", "scalar", str | None, False,
     lambda v: v is None or isinstance(v, str), "one scalar output path or null",
@@ -161,17 +169,18 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("eval_shape", (), "shapes", "the outputs with ShapeDtype in place of arrays"),
         # One call for B points that differ only in the `batched` inputs (vmap over primals):
         # jax and torch answer with vmap, the others with a loop; a remote component sends
-        # it as one request.
+        # it as one request. The derivative rows take `batched` too (`points`): B points,
+        # their tangents or cotangents stacked the same way, in one call.
         Endpoint(
             "batched_apply", (BATCHED,), "batched_outputs",
             "{output path: outputs[b] on axis 0}, for the inputs `batched` on axis 0",
         ),
         Endpoint(
-            "jvp", (TANGENTS, OF, HANDLE), "by_output", "{output path: J·t}",
+            "jvp", (TANGENTS, OF, HANDLE, POINTS), "by_output", "{output path: J·t}",
             derivative=True, check="jvp",
         ),
         Endpoint(
-            "vjp", (COTANGENTS, WRT, HANDLE), "by_input", "{input path: Jᵀ·c}",
+            "vjp", (COTANGENTS, WRT, HANDLE, POINTS), "by_input", "{input path: Jᵀ·c}",
             derivative=True, check="vjp",
         ),
         Endpoint(
@@ -179,12 +188,12 @@ ENDPOINTS: dict[str, Endpoint] = {
             derivative=True, check="jacobian",
         ),
         Endpoint(
-            "batched_jvp", (TANGENTS, OF, HANDLE), "by_output",
+            "batched_jvp", (TANGENTS, OF, HANDLE, POINTS), "by_output",
             "{output path: J·t[b] on axis 0}", derivative=True, batched=True,
             check="batched_jvp",
         ),
         Endpoint(
-            "batched_vjp", (COTANGENTS, WRT, HANDLE), "by_input",
+            "batched_vjp", (COTANGENTS, WRT, HANDLE, POINTS), "by_input",
             "{input path: Jᵀ·c[b] on axis 0}", derivative=True, batched=True,
             check="batched_vjp",
         ),

@@ -9,7 +9,9 @@ one replica, chosen so that:
   handle and recomputes (a handle is only ever a shortcut), so the answer is the same;
 - any other request goes to the replica with the fewest calls in flight;
 - a `batched_apply` request (a leading batch axis on the inputs named by `batched`) is split
-  into one contiguous slice per replica, sent at once, and the answers gathered in order.
+  into one contiguous slice per replica, sent at once, and the answers gathered in order; so
+  is a derivative at B points (`batched` on `vjp`, `jvp`, ...: its tangents or cotangents
+  sliced with the inputs).
 
 Arrays travel as raw buffers (`codec`); an array of `PUT_BYTES` or more is put in Ray's object
 store once and referred to by every call that sends the same bytes again (an `apply` and then
@@ -31,6 +33,7 @@ import numpy as np
 import xxhash
 
 from chainrule._component import finite
+from chainrule._component.endpoints import derivatives
 from chainrule._schema.errors import TransportError, error_from_dict
 
 from . import codec
@@ -39,6 +42,7 @@ __all__ = ["PUT_BYTES", "RayTransport"]
 
 PUT_BYTES = 1 << 20  # arrays this large are put in the object store once, then referred to
 _PUT_ENTRIES = 4  # how many such arrays stay put (pinned in the object store) for reuse
+_DERIVATIVES = frozenset(derivatives())  # rows that take `batched` points are among them
 _STICKY_ENTRIES = 65536  # handles remembered for routing (a forgotten one is recomputed)
 
 
@@ -68,8 +72,8 @@ class RayTransport:
         return document
 
     def call(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
-        if endpoint == "batched_apply":
-            return self._split(request)
+        if endpoint == "batched_apply" or (request.get("batched") and endpoint in _DERIVATIVES):
+            return self._split(endpoint, request)
         handle = request.get("handle")
         index = self._route(handle)
         answer: dict[str, Any] = self._finish(
@@ -183,17 +187,18 @@ class RayTransport:
         shares: list[list[dict[str, Any]]] = [self._finish(i, endpoint, r) for i, r in pending]
         return [answer for share in shares for answer in share]
 
-    def _split(self, request: dict[str, Any]) -> dict[str, Any]:
-        """`batched_apply` cut into one contiguous slice per replica, each answered by that
-        replica's `Handler` (its backend's own batched apply), gathered in order."""
+    def _split(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A request at B points (`batched_apply`, or a derivative's `batched`) cut into one
+        contiguous slice per replica, each answered by that replica's `Handler` (its
+        backend's own way), gathered in order."""
         inputs, batched = request["inputs"], list(request.get("batched") or [])
         size = _batch_size(inputs, batched)
         pending = []
         for lo, hi in itertools.pairwise(_bounds(size, len(self.actors))):
             part = _slice(request, batched, lo, hi) if size > 1 else request
             index = self._route(None)
-            pending.append((index, self._submit(index, "batched_apply", part)))
-        parts = [self._finish(i, "batched_apply", ref) for i, ref in pending]
+            pending.append((index, self._submit(index, endpoint, part)))
+        parts = [self._finish(i, endpoint, ref) for i, ref in pending]
         if len(parts) == 1:
             return parts[0]
         return {"result": _concatenate([p["result"] for p in parts])}
@@ -223,7 +228,13 @@ def _slice(request: dict[str, Any], batched: list[str], lo: int, hi: int) -> dic
     inputs = codec.copy_tree(request["inputs"])
     for path in batched:
         codec.set_path(inputs, path, codec.get_path(request["inputs"], path)[lo:hi])
-    return {**request, "inputs": inputs}
+    # A derivative's tangents or cotangents carry the points first too.
+    linear = {
+        key: {path: value[lo:hi] for path, value in request[key].items()}
+        for key in ("tangents", "cotangents")
+        if isinstance(request.get(key), dict)
+    }
+    return {**request, "inputs": inputs, **linear}
 
 
 def _concatenate(parts: list[Any]) -> Any:

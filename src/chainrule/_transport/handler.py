@@ -115,6 +115,8 @@ def describe(component: Component, settings: ServerSettings) -> dict[str, Any]:
         "capabilities": {
             "static_shapes": caps.static_shapes,
             "cheap_eval_shape": caps.cheap_eval_shape,
+            # Its derivative endpoints take `batched` (B points in one request).
+            "batched_points": True,
         },
         "content_types": [wire.BINARY, wire.JSON],
         "max_body_bytes": settings.max_body_bytes,

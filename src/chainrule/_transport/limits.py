@@ -58,12 +58,14 @@ def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) ->
         path, largest = _largest(req, "")
         got = f"arrays declaring {declared} elements ({largest} in the largest)"
         raise too_large(elements, got, path, "elements")
-    if ENDPOINTS[name].result == "batched_outputs":  # a batch of points: rows, not tangents
+    points = bool(req.get("batched"))  # B points (batched_apply, or a derivative's keyword)
+    if points:
         _check_points(req, limits)
     key = _batch_keyword(name)
     if key is None:
         return
-    rows = {path: _rows(value) for path, value in req[key].items()}
+    # At B points a batched row's batch is its second axis; the inputs hold B points already.
+    rows = {path: _rows(value, 1 if points else 0) for path, value in req[key].items()}
     path, batch = max(rows.items(), key=lambda item: item[1], default=("", 0))
     if batch > limits.batch.value:
         raise too_large(limits.batch, f"a batch of {batch} rows", f"{key}.{path}", "rows")
@@ -74,8 +76,8 @@ def check_work(name: str, req: dict[str, Any], declared: int, limits: Limits) ->
 
 
 def _check_points(req: dict[str, Any], limits: Limits) -> None:
-    """Refuse a `batched_apply` of more points than the batch limit (its elements are counted
-    with the body's)."""
+    """Refuse a request at more points than the batch limit (`batched_apply`, or a derivative
+    at B points; its elements are counted with the body's)."""
     for path in req.get("batched") or ():
         value: Any = req["inputs"]
         for key in path.split("."):
@@ -96,10 +98,12 @@ def _largest(tree: Any, path: str) -> tuple[str, int]:
     return max(found, key=lambda item: item[1], default=(path or "(body)", 0))
 
 
-def _rows(value: Any) -> int:
-    """The batch size of one batched tangent or cotangent."""
+def _rows(value: Any, axis: int = 0) -> int:
+    """The batch size of one batched tangent or cotangent (its length along `axis`)."""
     if isinstance(value, np.ndarray):
-        return int(value.shape[0]) if value.ndim else 0
+        return int(value.shape[axis]) if value.ndim > axis else 0
+    if axis:
+        return _rows(value[0], axis - 1) if isinstance(value, list) and value else 0
     return len(value) if isinstance(value, list) else 0
 
 

@@ -60,6 +60,8 @@ class RemoteBackend(Backend):
         self.native = tuple(n for n in derivatives() if n in self.offered)
         self.eval_shape_provenance = f"remote: {self.offered.get('eval_shape', 'none')}"
         self.capabilities = _declared(info.get("capabilities"))
+        found = info.get("capabilities")
+        self.batches_points = isinstance(found, dict) and found.get("batched_points") is True
 
     def close(self) -> None:
         self.transport.close()
@@ -97,6 +99,20 @@ class RemoteBackend(Backend):
         for path, stack in stacks.items():
             _set_path(inputs, path, stack)
         return self._call("batched_apply", {"inputs": inputs, "batched": list(stacks)})["result"]
+
+    def points(
+        self, name: str, p: Point, stacks: dict[str, np.ndarray], request: dict[str, Any]
+    ) -> Any:
+        """Derivative `name` at B points in one request (`chainrule._component.points`);
+        None if the server does not declare the keyword (then a request per point)."""
+        if not self.batches_points:
+            return None
+        inputs = _tree.dump(p.inputs)
+        for path, stack in stacks.items():
+            _set_path(inputs, path, stack)
+        body: dict[str, Any] = {"inputs": inputs, "batched": list(stacks)}
+        body.update({k: list(v) if isinstance(v, tuple) else v for k, v in request.items()})
+        return self._call(name, body)["result"]
 
     def eval_shape(self, p: Point) -> Any:
         answer = self._call("eval_shape", {"inputs": _tree.dump(p.inputs)})

@@ -38,6 +38,7 @@ from chainrule._schema.tree import leaves, replace_leaves
 
 from . import compat, fast
 from .buffers import buffer_host, direct_host
+from .points import points_host
 from .settings import Settings as Settings
 from .settings import configure as configure
 from .settings import emitter, mode
@@ -408,6 +409,8 @@ def _linear_host(kind: str) -> Callable[..., Any]:
         def host(args: list[np.ndarray], batched: bool = False) -> list[np.ndarray]:
             return fn(spec, wrt, of, batched, args[0], args[1 : 1 + n], args[1 + n :])
 
+        if "points" in levels:
+            return points_host(kind, spec, wrt, of, levels)
         return lambda args: run_levels(host, levels, args)
 
     return host_of

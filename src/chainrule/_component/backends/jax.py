@@ -132,6 +132,7 @@ class _Programs:
         self.batched_backward = jax.jit(jax.vmap(self.backward, in_axes=(None, 0)))
         self.batched_jvp_kept = jax.jit(jax.vmap(self._jvp_kept, in_axes=(None, 0)))
         self.hvp = jax.jit(self._hvp, static_argnames="wrt")
+        self.points = jax.jit(self._points, static_argnames=("name", "sel"))
 
     def _restricted(self, d: Tree, c: Tree, keys: tuple[str, ...]) -> Callable[[Tree], Tree]:
         return lambda s: self.f({**d, **s}, c)[0]
@@ -145,6 +146,21 @@ class _Programs:
         return pull(_fill(ct, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in out.items()}))[
             0
         ]
+
+    def _points(self, stacks: Tree, rest: Tree, linear: Tree, name: str, sel: Any) -> Tree:
+        """Derivative `name` at each point of a batch (`chainrule._component.points`): vmap
+        over the points' rows and their tangents or cotangents (a batched row: vmap again)."""
+        inner = self._jvp if name.endswith("jvp") else self._vjp
+
+        def one(s: Tree, u: Tree) -> Tree:
+            values = {**rest, **s}
+            d = {k: values[k] for k in self.in_avals}
+            c = {k: v for k, v in values.items() if k not in d}
+            if name.startswith("batched_"):
+                return jax.vmap(lambda w: inner(d, c, w, sel))(u)
+            return inner(d, c, u, sel)
+
+        return jax.vmap(one)(stacks, linear)
 
     def _jvp_kept(self, pull: Any, t: Tree) -> Tree:
         # The jvp is the transpose of the kept (linear) pullback: no forward pass needed.
@@ -213,6 +229,17 @@ class JaxBackend(Backend):
         progs = self.programs(p)
         rest = {k: v for k, v in p.values.items() if k not in stacks}
         out = self._run(p, lambda: progs.batched_apply(stacks, rest))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def points(
+        self, name: str, p: Point, stacks: dict[str, np.ndarray], request: dict[str, Any]
+    ) -> Tree:
+        """Derivative `name` at each point of a batch, by vmap (`_component.points`)."""
+        progs = self.programs(p)
+        rest = {k: v for k, v in p.values.items() if k not in stacks}
+        linear = request["tangents"] if "tangents" in request else request["cotangents"]
+        sel = request["of"] if "of" in request else request["wrt"]
+        out = self._run(p, lambda: progs.points(stacks, rest, linear, name=name, sel=sel))
         return {k: np.asarray(v) for k, v in out.items()}
 
     def programs(self, p: Point) -> _Programs:

@@ -136,6 +136,36 @@ class TorchBackend(Backend):
             return None
         return numpy_views(out)
 
+    def points(self, name: str, p: Point, stacks: dict[str, np.ndarray], request: Tree) -> Any:
+        """A vjp (or batched vjp) at each point of a batch (`chainrule._component.points`):
+        `torch.func.vmap` of `torch.func.vjp`, reverse mode only. None for a jvp (no
+        forward-mode AD here) or a function vmap cannot map; then a loop of vjps."""
+        if not name.endswith("vjp"):
+            return None
+        base = {k: to_torch(v) for k, v in p.values.items()}
+        wrt, batched = tuple(request["wrt"]), name.startswith("batched_")
+
+        def one(s: Tree, ct: Tree) -> Tree:
+            values = {**base, **s}
+            f = self._f(p, {k: v for k, v in values.items() if k not in wrt}, {})
+            pair = torch.func.vjp(lambda d: f(d)[0], pick(values, wrt))  # (outputs, pullback)
+            out, pull = pair[0], pair[1]
+
+            def back(c: Tree) -> Tree:
+                full = {
+                    o: c[o].to(y.dtype) if o in c else torch.zeros_like(y) for o, y in out.items()
+                }
+                return dict(pull(full)[0])
+
+            return torch.func.vmap(back)(ct) if batched else back(ct)
+
+        cts = {k: to_torch(v) for k, v in request["cotangents"].items()}
+        try:
+            found = torch.func.vmap(one)({k: to_torch(v) for k, v in stacks.items()}, cts)
+        except Exception:  # not mappable; the loop runs it (and raises its own errors)
+            return None
+        return numpy_views({k: v.detach() for k, v in found.items()})
+
     def eval_shape(self, p: Point) -> Any:
         meta = {
             k: torch.empty(v.shape, dtype=DTYPES[v.dtype], device="meta")
