@@ -455,6 +455,8 @@ def main() -> None:
             peer.close()
     inline = inline_rounds(rounds, budget)
     console.print(_crossing_table(times, args.sizes, rounds))
+    if peer is not None:
+        console.print(f"tesseract-jax: in the peer's venv ({peer.describe()})")
     r = inline
     console.print(
         f"5 inline JAX components vs pure JAX (goal 1.00×): "

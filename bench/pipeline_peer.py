@@ -45,7 +45,12 @@ class TesseractJax:
             stderr=sys.stderr,
             text=True,
         )
+        self.versions: dict[str, str] = {}
         self._send("init", sizes=sizes)
+
+    def describe(self) -> str:
+        """The versions its worker runs, once started."""
+        return ", ".join(f"{k} {v}" for k, v in self.versions.items())
 
     def _send(self, op: str, **kw: Any) -> None:
         assert self.proc.stdin is not None
@@ -65,6 +70,7 @@ class TesseractJax:
     def started(self) -> tuple[dict[str, str], dict[tuple[str, int], np.ndarray]]:
         """The versions the worker runs and its gradient per (kind, n), for checking."""
         answer = self._answer("init")
+        self.versions = answer["versions"]
         grads = {}
         for key, data in answer["answers"].items():
             kind, n = key.split()
