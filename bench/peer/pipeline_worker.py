@@ -2,7 +2,9 @@
 
 `jax.jit(jax.grad(sum(f)))` of y = 2x where f is tesseract-jax's `apply_tesseract` on an
 in-process Tesseract (`Tesseract.from_tesseract_api`): `double_numpy` (written vjp) and
-`double_torch` (torch autograd), the twins of the pipeline's NumPy and torch components.
+`double_torch` (torch autograd), the twins of the pipeline's NumPy and torch components. Each
+`jit(grad)` call makes one call of the Tesseract, its vjp (XLA drops the forward, whose value
+the gradient of a sum does not use; the torch vjp recomputes it inside `torch.func.vjp`).
 
 `bench/pipeline.py` keeps this process alive for the whole run and sends one JSON command per
 line on stdin; each answer is one JSON line on stdout (whatever the peer's libraries print goes
