@@ -232,3 +232,61 @@ def test_check_finite_runs_the_generic_path_of_a_planned_site() -> None:
     g(jnp.ones(3))  # compiled, unchecked: inf, no error
     with cr.check_finite(), pytest.raises(cr.NonFiniteError, match="'x'"), crj.errors():
         g(jnp.ones(3))
+
+
+# ---- a forward nothing reads is not made (`dce`) ------------------------------------------
+
+
+def _torch_square() -> cr.Component:
+    @cr.component(inputs=In, outputs=Out, backend="torch", name="square")
+    def square(inputs: In) -> Out:
+        return Out(y=inputs.scale * inputs.x**2)
+
+    return square
+
+
+def test_a_gradient_that_reads_no_output_makes_no_forward_call() -> None:
+    """grad(sum f) reads none of f's outputs: one host call (the vjp, recording its own
+    graph), no kept linearization; the answer is the same as through a kept one."""
+    comp = _torch_square()
+    x = jnp.linspace(-1.0, 1.0, 6)
+    g = jax.jit(jax.grad(lambda v: jnp.sum(crj.call(comp, {"x": v, "scale": 3.0})["y"])))
+    assert g.lower(x).as_text().count("custom_call") == 1  # the vjp's host call alone
+    np.testing.assert_allclose(g(x), 6.0 * np.asarray(x), rtol=1e-15)
+    assert len(comp.residuals) == 0 and comp.calls["apply"] == 1  # recorded within the vjp
+    # the same gradient when the loss reads the outputs too: the forward keeps its graph
+    both = jax.jit(jax.value_and_grad(lambda v: jnp.sum(crj.call(comp, {"x": v})["y"] ** 2)))
+    hits = comp.residuals.hits
+    value, grad = both(x)
+    np.testing.assert_allclose(value, np.sum(np.asarray(x) ** 4), rtol=1e-14)
+    np.testing.assert_allclose(grad, 4.0 * np.asarray(x) ** 3, rtol=1e-14)
+    assert comp.residuals.hits == hits + 1
+    f = lambda v: jnp.sum(crj.call(comp, {"x": v})["y"] ** 2)  # noqa: E731
+    _check_fd(f, jax.jit(jax.grad(f)), x)
+
+
+def test_a_served_component_gets_one_request_when_nothing_reads_its_outputs() -> None:
+    from chainrule._transport.remote import RemoteBackend
+
+    comp = _torch_square()
+    with cr.serve(comp) as server:
+        remote = cr.connect(server.url)
+        assert isinstance(remote.backend, RemoteBackend)
+        sent: list[str] = []
+        transport = remote.backend.transport
+        call = transport.call
+
+        def counting(endpoint: str, tree: Any) -> Any:
+            sent.append(endpoint)
+            return call(endpoint, tree)
+
+        transport.call = counting  # type: ignore[method-assign]
+        x = jnp.linspace(-1.0, 1.0, 5)
+        g = jax.jit(jax.grad(lambda v: jnp.sum(crj.call(remote, {"x": v})["y"])))
+        np.testing.assert_allclose(g(x), 2.0 * np.asarray(x), rtol=1e-15)
+        assert sent == ["vjp"]
+        sent.clear()
+        jac = jax.jit(jax.jacrev(lambda v: crj.call(remote, {"x": v})["y"]))(x)
+        np.testing.assert_allclose(jac, np.diag(2.0 * np.asarray(x)), rtol=1e-15)
+        assert sent == ["batched_vjp"]
+        remote.close()

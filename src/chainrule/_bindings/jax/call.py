@@ -62,6 +62,7 @@ from chainrule._schema.tree import (
 
 from . import compat
 from . import curvature as _jax_curvature  # noqa: F401  (register the rules with JAX)
+from . import dce as _jax_dce  # noqa: F401
 from . import rules as _jax_rules  # noqa: F401
 from .primitives import _Spec
 from .primitives import call_p as call_p  # re-exported: chainrule.plot inspects jaxprs

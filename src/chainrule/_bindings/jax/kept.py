@@ -58,16 +58,19 @@ def kept_apply_callback(spec: Any, generic: Callback) -> Callback | None:
 def kept_vjp_callback(
     spec: Any, wrt: tuple[int, ...], of: tuple[int, ...], generic: Callback
 ) -> Callback | None:
-    """`vjp_p` at `spec` from the graph a kept forward recorded (`generic` when the token
-    names none kept at these values: evicted, another point, or token 0)."""
+    """`vjp_p` at `spec` from the graph a kept forward recorded, or, when the token names none
+    kept at these values (token 0: the forward was not kept, `dce`; evicted; another point),
+    from a graph recorded in this call."""
     plan = spec.plan
     if plan is None or plan.lane is None or not plan.lane.vjps:
         return None
     lane, residuals = plan.lane, plan.component.residuals
+    fresh = lane.fresh_copies()
     n, k = len(spec.in_paths), len(of)
     given = tuple(spec.out_paths[o] for o in of)
     paths = tuple(spec.in_paths[i] for i in wrt)
     fingerprint: Callable[..., bytes | None] = spec.fingerprint
+    shapes, build = spec.out_shapes, plan.inputs
 
     def callback(ctx: Any, *buffers: Any) -> None:
         if finite.active():
@@ -77,10 +80,14 @@ def kept_vjp_callback(
         if number:
             at = fingerprint([_read_only(b) for b in buffers[1 : 1 + n]])
             residual = residuals.get(number, at)
-        if not lane.owns(residual):
+        if residual is not None and not lane.owns(residual):
             return generic(ctx, *buffers)
         cts = {given[j]: _copy(buffers[1 + n + j]) for j in range(k)}
         try:
+            if residual is None:  # none kept (token 0, evicted, another point): record it now
+                arrays = [_copy(b) for b in buffers[1 : 1 + n]]
+                residual = fresh.apply(build, arrays, shapes, True)[1]
+                assert residual is not None
             grads = lane.vjp(residual, cts, paths)
             for i in range(len(paths)):
                 put(buffers[1 + n + k + i], grads[paths[i]])
