@@ -73,11 +73,13 @@ class Lane(Protocol):
         arrays: Sequence[np.ndarray],
         shapes: Sequence[tuple[int, ...]],
         keep: bool,
+        measure: bool = True,
     ) -> tuple[list[np.ndarray], Residual | None]:
         """The output arrays (in the site's output order) of the function at `arrays` and,
-        with `keep`, the residual to keep. `build(values)` makes the inputs instance from
-        values in the site's input order (the lane may convert the arrays first); `shapes`
-        are the output shapes the site expects."""
+        with `keep`, the residual to keep (`measure=False`: its size is not counted, for a
+        residual used once and dropped, never cached). `build(values)` makes the inputs
+        instance from values in the site's input order (the lane may convert the arrays
+        first); `shapes` are the output shapes the site expects."""
 
     def fresh_copies(self) -> Lane:
         """This lane for a caller whose arrays are copies made for each call and held by no

@@ -57,6 +57,7 @@ class NumpyLane:
         arrays: Sequence[np.ndarray],
         shapes: Sequence[tuple[int, ...]],
         keep: bool,
+        measure: bool = True,
     ) -> tuple[list[np.ndarray], Residual | None]:
         """Run the function on `arrays` (the inputs instance made by `build`): the output
         arrays in `out_paths` order and, with `keep`, the base outputs as a residual."""

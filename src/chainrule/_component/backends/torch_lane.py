@@ -73,6 +73,7 @@ class HostLane:
         arrays: Sequence[np.ndarray],
         shapes: Sequence[tuple[int, ...]],
         keep: bool,
+        measure: bool = True,
     ) -> tuple[list[np.ndarray], Residual | None]:
         """Run the function on `arrays` (the inputs instance made by `build`): the output
         arrays in `out_paths` order and, with `keep`, the recorded graph as a residual."""
@@ -109,7 +110,7 @@ class HostLane:
                 rest[p] = to_torch(v).detach()
         graph = Graph(leaves, diff, rest)
         const = {p: t for p, t in tensors.items() if p not in leaves}
-        return result, Residual(graph, graph.nbytes(const), None)
+        return result, Residual(graph, graph.nbytes(const) if measure else 0, None)
 
     def _validated(self, out: Any, inputs: Any) -> list[np.ndarray]:
         """Outputs that are not exactly the declared CPU tensors, as numpy arrays converted (or
