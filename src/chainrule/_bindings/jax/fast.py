@@ -3,12 +3,12 @@
 At a call site with a `Plan` (flat schemas), outside vmap, on jaxlib's buffer callback, the
 crossings of `jit(grad)` run here: `apply` through the backend's lane when the site keeps no
 linearization (its derivatives are written, or it is not differentiated), and a `vjp` or
-`jvp` the author wrote, called directly. Everything else (kept linearizations, derived
-derivatives, loops, `check_finite`) runs the generic host functions in `primitives`.
+`jvp` the author wrote, called directly; a lane's kept linearization (torch's graph) in
+`kept`. Everything else (derived derivatives, loops, `check_finite`) runs the generic host
+functions in `primitives`.
 
 At small sizes a crossing's cost is its Python work, so each callback is written out flat,
-with everything static looked up once when it is made (a function call here costs about as
-much as a 1000-element copy). What they keep of the generic path: the author's code gets
+with everything static looked up once when it is made. What they keep of the generic path: the author's code gets
 read-only copies of XLA's buffers, or above `LEND_BYTES` the buffers themselves under
 `lending`'s check; what it returns is checked exactly against the site's avals (else the
 component's own output check runs) before it is copied into XLA's result buffers; each call
@@ -58,8 +58,8 @@ def apply_callback(
     generic: Callback,
 ) -> Callback | None:
     """`apply` through the plan's lane, keeping nothing (with `token`, a last result: token 0,
-    "recompute"); `generic` when `check_finite` is on. None where the lane cannot be lent
-    buffers (it keeps what it is given)."""
+    "recompute"); `generic` when `check_finite` is on. None without a lane. A lane that lends
+    runs the function on the arrays as they are; another (torch) gets fresh copies."""
     lane = plan.lane
     if lane is None:
         return None
