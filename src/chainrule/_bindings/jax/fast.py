@@ -8,12 +8,12 @@ linearization (its derivatives are written, or it is not differentiated), and a 
 functions in `primitives`.
 
 At small sizes a crossing's cost is its Python work, so each callback is written out flat,
-with everything static looked up once when it is made. What they keep of the generic path: the author's code gets
-read-only copies of XLA's buffers, or above `LEND_BYTES` the buffers themselves under
-`lending`'s check; what it returns is checked exactly against the site's avals (else the
-component's own output check runs) before it is copied into XLA's result buffers; each call
-is counted in `Component.calls`; its errors become chainrule's (`dispatch.guard`) and are
-carried across XLA (`carried`).
+with everything static looked up once when it is made. What they keep of the generic path:
+the author's code gets read-only copies of XLA's buffers, or above `LEND_BYTES` the buffers
+themselves under `lending`'s check; what it returns is checked exactly against the site's
+avals (else the component's own output check runs) before it is copied into XLA's result
+buffers; each call is counted in `Component.calls`; its errors become chainrule's
+(`dispatch.guard`) and are carried across XLA (`carried`).
 """
 
 from __future__ import annotations
