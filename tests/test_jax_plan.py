@@ -138,6 +138,36 @@ def test_an_input_kept_after_lending_began_is_a_loud_error_then_copies() -> None
     np.testing.assert_array_equal(kept[1], np.asarray(x + 2.0))
 
 
+def test_an_input_kept_by_code_that_also_fails_is_named_too() -> None:
+    """The author's code keeps a lent array and then raises: the error says both (a kept
+    array would later show other values), and the site copies from then on."""
+    keep: dict[str, Any] = {}
+
+    @cr.component(inputs=In, outputs=Out, backend="numpy", name="keeps_and_fails")
+    def fails(inputs: In) -> Out:
+        if keep.get("on"):
+            keep.setdefault("arrays", []).append(inputs.x)
+            raise FloatingPointError("diverged")
+        return Out(y=np.sin(inputs.x))
+
+    @fails.def_vjp
+    def _vjp(inputs: In, cotangents: dict[str, Any]) -> dict[str, Any]:
+        return {"x": np.cos(inputs.x) * cotangents["y"]}
+
+    g = jax.jit(jax.grad(_loss(fails)))
+    x = jnp.linspace(0.0, 1.0, BIG)
+    for _ in range(3):
+        g(x)  # lending by now
+    keep["on"] = True
+    with pytest.raises(cr.ComponentError, match=r"diverged.*kept an input array"), crj.errors():
+        jax.block_until_ready(g(x))
+    keep["arrays"].clear()
+    with pytest.raises(cr.ComponentError, match="diverged") as info, crj.errors():
+        jax.block_until_ready(g(x + 1.0))  # copies now: its own error; what it kept stays right
+    assert "kept" not in str(info.value)
+    np.testing.assert_array_equal(keep["arrays"][0], np.asarray(x + 1.0))
+
+
 def test_a_kept_inputs_instance_gets_copies_of_the_lent_arrays() -> None:
     keep: dict[str, Any] = {}
     comp = _component([], keep)

@@ -29,7 +29,7 @@ from chainrule._component.backends.base import Lane
 from chainrule._component.carried import carry
 from chainrule._component.plan import Plan
 
-from .buffers import Callback, _clear, _copy, _counts, _fill, _unpinned, put
+from .buffers import Callback, _clear, _copy, _counts, _fill, _pinned, _unpinned, put
 from .kept import kept_apply_callback, kept_vjp_callback
 from .lending import KeptBufferError, Lending
 
@@ -251,15 +251,29 @@ def _lent(
     targets: Sequence[Any],
 ) -> None:
     """`run` on views of (or copies of) `given`, under `lending`'s watch."""
+    lent = lending.mode == "lend"  # (else copies: the author's own to keep)
     arrays = lending.take(given)
     counts = _counts(arrays)
+    failed: BaseException | None = None
     try:
         run(arrays, targets, lending)
     except KeptBufferError as e:
         raise carry(e) from None
     except Exception as e:
         _clear(e)
-        raise carry(_unpinned(e, arrays, counts)) from None
+        failed = _unpinned(e, arrays, counts) if lent else e  # (copies pin nothing of XLA's)
+    if failed is None:
+        return
+    # Out of the except block, the original error is gone: a lent array still held now was
+    # kept by the author's code, which also failed. Say both; copy from now on.
+    if lent and _pinned(arrays, counts):
+        lending.mode = "copy"
+        failed = KeptBufferError(
+            f"{type(failed).__name__}: {failed}; and component '{lending.component}' kept "
+            f"an input array lent to its {lending.endpoint} past the call, whose values XLA "
+            "will change: keep a copy (np.array(...)); this call site copies its inputs from now on"
+        )
+    raise carry(failed) from None
 
 
 # ---- the factories `primitives` asks for a site's own callback (None: the generic one) ----
