@@ -18,10 +18,7 @@ to stderr). Timings are taken here, around the jitted call, so they hold no IPC 
 from __future__ import annotations
 
 import base64
-import json
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -80,21 +77,9 @@ class Worker:
 
 
 def main() -> None:
-    # Answers go to the real stdout; whatever else writes to fd 1 lands on stderr.
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    worker = Worker()
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd.pop("op")
-        if op == "quit":
-            break
-        try:
-            answer = getattr(worker, op)(**cmd)
-        except Exception as e:  # reported to the driver, which raises
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        answers.write(json.dumps(answer) + "\n")
+    from tesseract_worker import serve  # (this folder: the same loop as bench/peer.py's worker)
+
+    serve(Worker())
 
 
 if __name__ == "__main__":

@@ -186,11 +186,16 @@ def _dist_version(name: str) -> str:
 
 
 def main() -> None:
+    serve(Worker())
+
+
+def serve(worker: Any) -> None:
+    """Answer the driver's JSON commands on stdin with `worker`'s methods, one JSON line each
+    (also `pipeline_worker.py`'s loop)."""
     # Answers go to the real stdout; whatever else writes to fd 1 lands on stderr.
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    worker = Worker()
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd.pop("op")

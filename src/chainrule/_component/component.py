@@ -32,7 +32,7 @@ from chainrule._schema.errors import (
 from chainrule._schema.schema import Schema
 
 from . import batched, dispatch, finite, points, validate
-from .backends.base import Backend, FiniteDifferences, as_outputs
+from .backends.base import Backend, FiniteDifferences, as_outputs, flat_site
 from .backends.load import load_backend
 from .endpoints import ENDPOINTS, Endpoint, derivatives
 from .memo import LRU
@@ -408,7 +408,7 @@ class Component:
     ) -> Plan | None:
         """The plan of one call site (inputs `template` with fixed static values; `plan.Plan`),
         or None where the site needs the generic endpoints (nested schemas)."""
-        if not Plan.usable(self, in_paths):
+        if not flat_site(self, in_paths, out_paths):
             return None
         return Plan(
             self,

@@ -23,10 +23,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from chainrule._schema.schema import Schema
-from chainrule._schema.tree import flat_fields
 
 from . import dispatch
 from .backends.base import Lane
@@ -61,21 +58,12 @@ class Plan:
         self.lane = lane
         # model_construct's work for a trusted flat instance, unless the schema has hooks.
         self.simple = not (self.cls.__pydantic_post_init__ or self.cls.__pydantic_root_model__)
-        self.written: dict[str, tuple[Callable[..., Any], frozenset[str]]] = {}
-        for name in _WRITTEN:
+        # The author's vjp/jvp, and whether it takes its `wrt`/`of` (asked once, not per call).
+        self.written: dict[str, tuple[Callable[..., Any], bool]] = {}
+        for name, (_, selector) in _WRITTEN.items():
             fn = component._written.get(name)  # (the same layer: its own member)
             if fn is not None:
-                accepted = frozenset(inspect.signature(fn).parameters)
-                self.written[name] = (fn, accepted)
-
-    @staticmethod
-    def usable(component: Component, in_paths: Sequence[str]) -> bool:
-        """Whether a plan serves a site whose array leaves are `in_paths`: flat schemas."""
-        ins, outs = flat_fields(component.inputs), flat_fields(component.outputs)
-        if ins is None or outs is None:
-            return False
-        arrays = {n for n, s in ins if s is not None}
-        return set(in_paths) == arrays
+                self.written[name] = (fn, selector in inspect.signature(fn).parameters)
 
     def inputs(self, arrays: Sequence[Any]) -> Schema:
         """The inputs instance at `arrays` (trusted: the site fixed their avals)."""
@@ -98,14 +86,13 @@ class Plan:
 
     def derivative(
         self, endpoint: str, inputs: Schema, given: dict[str, Any], paths: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
+    ) -> Any:
         """The author's `endpoint` at `inputs` (`Plan.inputs`): `given` are its cotangents
         (vjp) or tangents (jvp) by path, `paths` its `wrt` (vjp) or `of` (jvp). Its answer
-        by path."""
-        fn, accepted = self.written[endpoint]
+        by path, as the author returned it (the caller converts each array it takes)."""
+        fn, takes_paths = self.written[endpoint]
         role, selector = _WRITTEN[endpoint]
-        request = {role: given, selector: paths}
-        kwargs = {k: v for k, v in request.items() if k in accepted}
         with dispatch.guard(self.component.name, self.component.calls, endpoint):
-            result = fn(inputs, **kwargs)
-        return dispatch.numpy_tree(result)
+            if takes_paths:
+                return fn(inputs, **{role: given, selector: paths})
+            return fn(inputs, **{role: given})

@@ -199,22 +199,14 @@ def derivative_callback(
 def _deriver(
     plan: Plan, endpoint: str, n: int, given: tuple[str, ...], paths: tuple[str, ...]
 ) -> Runner:
-    comp, build = plan.component, plan.inputs
-    fn, accepted = plan.written[endpoint]
-    role, selector = ("cotangents", "wrt") if endpoint == "vjp" else ("tangents", "of")
-    takes_paths = selector in accepted
-    calls, name = comp.calls, comp.name
+    build, name = plan.inputs, plan.component.name
 
     def run(arrays: list[np.ndarray], targets: Sequence[Any], lending: Lending | None) -> None:
         inputs = build(arrays[:n])
         linear = dict(zip(given, arrays[n:], strict=True))
         watched = lending.watch(arrays, (inputs, linear)) if lending is not None else None
-        calls[endpoint] += 1
         try:
-            if takes_paths:
-                result = fn(inputs, **{role: linear, selector: paths})
-            else:
-                result = fn(inputs, **{role: linear})
+            result = plan.derivative(endpoint, inputs, linear, paths)
             for i in range(len(targets)):
                 put(targets[i], result[paths[i]])
         except Exception as e:

@@ -17,14 +17,23 @@ import pydantic
 
 from chainrule._schema.errors import OutputValidationError, SchemaDefinitionError
 from chainrule._schema.messages import format_pydantic
-from chainrule._schema.schema import Schema, passthrough
+from chainrule._schema.schema import ArraySpec, Schema, passthrough
+from chainrule._schema.tree import flat_fields
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component
     from chainrule._component.point import Point
     from chainrule._component.residuals import Residual
 
-__all__ = ["Backend", "Capabilities", "FiniteDifferences", "Lane", "as_outputs"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "FiniteDifferences",
+    "Lane",
+    "array_specs",
+    "as_outputs",
+    "flat_site",
+]
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,22 @@ class Backend(ABC):
     @abstractmethod
     def eval_shape(self, p: Point) -> Any:
         """An output instance with `ShapeDtype` leaves (or EndpointUnavailableError)."""
+
+
+def array_specs(schema: type[Schema]) -> dict[str, ArraySpec]:
+    """`{field: spec}` of a flat schema's array fields (none for a nested schema)."""
+    return {n: spec for n, spec in flat_fields(schema) or () if spec is not None}
+
+
+def flat_site(
+    component: Component, in_paths: Sequence[str], out_paths: Sequence[str] | None = None
+) -> bool:
+    """Whether a binding's call site over array leaves `in_paths` (and `out_paths`) is one a
+    lane or a plan serves: flat schemas, every array leaf."""
+    if flat_fields(component.inputs) is None or flat_fields(component.outputs) is None:
+        return False
+    outs_ok = out_paths is None or set(out_paths) == set(array_specs(component.outputs))
+    return set(in_paths) == set(array_specs(component.inputs)) and outs_ok
 
 
 def as_outputs(raw: Any, outputs: type[Schema], name: str) -> Schema:

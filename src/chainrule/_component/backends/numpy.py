@@ -19,7 +19,7 @@ from chainrule._schema.errors import EndpointUnavailableError, ValidationError
 from chainrule._schema.schema import Schema, ShapeDtype
 from chainrule._schema.tree import class_leaves, leaves, replace_leaves
 
-from .base import Backend, Capabilities, FiniteDifferences, Lane, as_outputs
+from .base import Backend, Capabilities, FiniteDifferences, Lane, as_outputs, flat_site
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component, Point
@@ -79,7 +79,7 @@ class NumpyBackend(Backend):
         """A `NumpyLane` for a call site over every array leaf of flat schemas."""
         from .numpy_lane import NumpyLane
 
-        usable = NumpyLane.usable(component, in_paths, out_paths)
+        usable = flat_site(component, in_paths, out_paths)
         return NumpyLane(component, in_paths, out_paths) if usable else None
 
     def eval_shape(self, p: Point) -> Any:

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chainrule._component.residuals import Residual
-from chainrule._schema.tree import flat_fields
 
-from .base import as_outputs
+from .base import array_specs, as_outputs
 
 if TYPE_CHECKING:
     from chainrule._component.component import Component
@@ -38,18 +37,8 @@ class NumpyLane:
         self.component = component
         self.fn = component.fn
         self.in_paths, self.out_paths = in_paths, out_paths
-        out_specs = {n: s for n, s in flat_fields(component.outputs) or () if s is not None}
+        out_specs = array_specs(component.outputs)
         self.out_specs = [out_specs[p] for p in out_paths]
-
-    @staticmethod
-    def usable(component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]) -> bool:
-        """Whether the lane serves calls with these array paths (flat schemas, every leaf)."""
-        ins, outs = flat_fields(component.inputs), flat_fields(component.outputs)
-        if ins is None or outs is None:
-            return False
-        in_arrays = {n for n, s in ins if s is not None}
-        out_arrays = {n for n, s in outs if s is not None}
-        return set(in_paths) == in_arrays and set(out_paths) == out_arrays
 
     def apply(
         self,

@@ -25,7 +25,7 @@ from chainrule._schema.errors import EndpointUnavailableError
 from chainrule._schema.schema import ShapeDtype, passthrough
 from chainrule._schema.tree import leaves, replace_leaves
 
-from .base import Backend, Capabilities, Lane, as_outputs
+from .base import Backend, Capabilities, Lane, as_outputs, flat_site
 from .torch_graph import (
     DTYPES,
     NP_DTYPES,
@@ -284,11 +284,8 @@ class TorchBackend(Backend):
         """A `HostLane` for a call site over every array leaf of flat schemas."""
         from .torch_lane import HostLane
 
-        return (
-            HostLane(component, in_paths, out_paths)
-            if HostLane.usable(component, in_paths, out_paths)
-            else None
-        )
+        usable = flat_site(component, in_paths, out_paths)
+        return HostLane(component, in_paths, out_paths) if usable else None
 
 
 BACKEND = TorchBackend

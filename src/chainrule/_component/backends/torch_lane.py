@@ -12,9 +12,9 @@ import torch
 
 from chainrule._component.residuals import Residual
 from chainrule._schema.schema import passthrough
-from chainrule._schema.tree import flat_fields, replace_leaves
+from chainrule._schema.tree import replace_leaves
 
-from .base import as_outputs
+from .base import array_specs, as_outputs
 from .torch_graph import DTYPES, Graph, numpy_views, owned, shared, to_torch, untouched
 
 if TYPE_CHECKING:
@@ -51,21 +51,11 @@ class HostLane:
         self.component = component
         self.fn = component.fn
         self.in_paths, self.out_paths = in_paths, out_paths
-        specs = {n: s for n, s in flat_fields(component.inputs) or () if s is not None}
+        specs = array_specs(component.inputs)
         self.diff = tuple(p for p in in_paths if specs[p].differentiable)
-        out_specs = {n: s for n, s in flat_fields(component.outputs) or () if s is not None}
+        out_specs = array_specs(component.outputs)
         self.out_diff = {p: out_specs[p].differentiable for p in out_paths}
         self.out_dtypes = [DTYPES.get(np.dtype(out_specs[p].dtype)) for p in out_paths]
-
-    @staticmethod
-    def usable(component: Component, in_paths: tuple[str, ...], out_paths: tuple[str, ...]) -> bool:
-        """Whether the lane serves calls with these array paths."""
-        ins, outs = flat_fields(component.inputs), flat_fields(component.outputs)
-        if ins is None or outs is None:
-            return False
-        in_arrays = {n for n, s in ins if s is not None}
-        out_arrays = {n for n, s in outs if s is not None}
-        return set(in_paths) == in_arrays and set(out_paths) == out_arrays
 
     def apply(
         self,
